@@ -1,0 +1,32 @@
+# fm — make install | test | test-all | demo | bench
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# The fast suite (slow tests are marked and excluded; see pyproject.toml).
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+# The main job on CPU: four methods + reflow on a 2D task, results table and figure in demo_out/.
+demo: install
+	$(PY) experiments/toy2d/demo.py --workdir demo_out
+
+bench: install
+	bash experiments/benchmarks/run.sh
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,100 @@
+"""Jittable 2D toy distributions, `sample(name, key, n) -> [n, 2]`.
+
+Conventions follow TorchCFM's 2D benchmarks (Tong et al. 2024) where they exist:
+`gaussian` is N(0, I); `8gaussians` has centres on the circle of radius 5 and
+covariance sqrt(0.1) I; `moons` is the two-moons set with noise 0.2, scaled by 3
+and shifted by -1. The others are scaled to a similar spread (about [-4, 4]).
+
+A task is written "source->target", e.g. "gaussian->8gaussians".
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["sample", "parse_task", "NAMES", "TASKS"]
+
+
+def _gaussian(key, n):
+  return jax.random.normal(key, (n, 2))
+
+
+def _eight_gaussians(key, n):
+  k_c, k_n = jax.random.split(key)
+  angles = jnp.arange(8) * (math.pi / 4)
+  centres = 5.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
+  idx = jax.random.randint(k_c, (n,), 0, 8)
+  return centres[idx] + 0.1 ** 0.25 * jax.random.normal(k_n, (n, 2))
+
+
+def _moons(key, n):
+  k_s, k_a, k_n = jax.random.split(key, 3)
+  theta = jax.random.uniform(k_a, (n,), maxval=math.pi)
+  upper = jax.random.bernoulli(k_s, 0.5, (n,))
+  outer = jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1)
+  inner = jnp.stack([1 - jnp.cos(theta), 0.5 - jnp.sin(theta)], axis=1)
+  x = jnp.where(upper[:, None], outer, inner) + 0.2 * jax.random.normal(k_n, (n, 2))
+  return 3.0 * x - 1.0
+
+
+def _scurve(key, n):
+  k_a, k_n = jax.random.split(key)
+  s = 3 * math.pi * (jax.random.uniform(k_a, (n,)) - 0.5)
+  x = jnp.stack([jnp.sin(s), jnp.sign(s) * (jnp.cos(s) - 1)], axis=1)
+  return 2.0 * (x + 0.1 * jax.random.normal(k_n, (n, 2)))
+
+
+def _checkerboard(key, n):
+  k_x, k_y, k_c = jax.random.split(key, 3)
+  x = jax.random.uniform(k_x, (n,), minval=-2, maxval=2)
+  y = jax.random.uniform(k_y, (n,)) - 2.0 * jax.random.randint(k_c, (n,), 0, 2)
+  y = y + jnp.floor(x) % 2   # shift every other column by one square
+  return 2.0 * jnp.stack([x, y], axis=1)
+
+
+def _circles(key, n):
+  k_r, k_a, k_n = jax.random.split(key, 3)
+  radius = jnp.where(jax.random.bernoulli(k_r, 0.5, (n,)), 4.0, 2.0)
+  theta = jax.random.uniform(k_a, (n,), maxval=2 * math.pi)
+  x = radius[:, None] * jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1)
+  return x + 0.08 * jax.random.normal(k_n, (n, 2))
+
+
+def _spirals(key, n):
+  k_a, k_s, k_n = jax.random.split(key, 3)
+  r = jnp.sqrt(jax.random.uniform(k_a, (n,))) * 3 * math.pi
+  sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (n,)), 1.0, -1.0)
+  x = sign[:, None] * jnp.stack([-jnp.cos(r) * r, jnp.sin(r) * r], axis=1)
+  return 0.4 * x + 0.1 * jax.random.normal(k_n, (n, 2))
+
+
+_SAMPLERS = {
+    "gaussian": _gaussian, "8gaussians": _eight_gaussians, "moons": _moons,
+    "scurve": _scurve, "checkerboard": _checkerboard, "circles": _circles, "spirals": _spirals,
+}
+NAMES = tuple(_SAMPLERS)
+# The 2D protocol of Tong et al. (TMLR 2024).
+TASKS = ("gaussian->8gaussians", "gaussian->moons", "8gaussians->moons", "gaussian->scurve")
+
+
+def _check(name):
+  if name not in _SAMPLERS:
+    raise ValueError(f"unknown toy distribution {name!r}; valid toys: {', '.join(NAMES)}")
+
+
+def sample(name: str, key, n: int):
+  """Draws `[n, 2]` float32 samples of toy `name`; jittable in `key`."""
+  _check(name)
+  return _SAMPLERS[name](key, n).astype(jnp.float32)
+
+
+def parse_task(task: str) -> tuple[str, str]:
+  """"gaussian->moons" -> ("gaussian", "moons"); ValueError names the valid toys."""
+  parts = task.split("->") if isinstance(task, str) else []
+  if len(parts) != 2:
+    raise ValueError(f"bad task {task!r}: write it as 'source->target' with toys from: {', '.join(NAMES)}")
+  for p in parts:
+    _check(p)
+  return parts[0], parts[1]

@@ -1,0 +1,27 @@
+"""Velocity networks `v_theta(t, x)` as Flax Linen modules, one registry.
+
+`model = make("mlp", dim=2, width=64, depth=3, activation="selu")`; call it as
+`model.apply(params, t, x)` with t `[B]` and x `[B, *shape]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from fm.models.mlp import MLP
+
+__all__ = ["MLP", "make", "NAMES"]
+
+_REGISTRY = {"mlp": MLP}
+NAMES = tuple(_REGISTRY)
+
+
+def make(name: str, **kwargs):
+  """Builds a registered model; ValueError names bad names or arguments."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(NAMES)}")
+  cls = _REGISTRY[name]
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  bad = set(kwargs) - fields
+  if bad:
+    raise ValueError(f"model {name!r} got unknown argument(s) {sorted(bad)}; valid: {sorted(fields)}")
+  return cls(**kwargs)

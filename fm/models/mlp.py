@@ -1,0 +1,42 @@
+"""A time-conditioned MLP velocity field for low-dimensional data (toys)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+__all__ = ["MLP", "ACTIVATIONS"]
+
+ACTIVATIONS = {"selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu,
+               "tanh": jnp.tanh, "elu": nn.elu}
+
+
+class MLP(nn.Module):
+  """v(t, x) = MLP([x, t]) with `depth` hidden layers of `width` units.
+
+  Matches TorchCFM's `MLP(dim, w, time_varying=True)` for depth=3: the time is
+  appended to the flattened input as one more feature.
+
+  Attributes:
+    dim: number of features of a flattened sample (2 for toys).
+    width: hidden units per layer.
+    depth: number of hidden layers.
+    activation: one of `ACTIVATIONS`.
+  """
+  dim: int = 2
+  width: int = 64
+  depth: int = 3
+  activation: str = "selu"
+
+  @nn.compact
+  def __call__(self, t, x):
+    """t: `[B]` or scalar; x: `[B, *shape]` with prod(shape) == dim. Returns `[B, *shape]`."""
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    act = ACTIVATIONS[self.activation]
+    batch = x.shape[0]
+    h = x.reshape(batch, -1)
+    t = jnp.broadcast_to(jnp.asarray(t, h.dtype), (batch,))
+    h = jnp.concatenate([h, t[:, None]], axis=1)
+    for _ in range(self.depth):
+      h = act(nn.Dense(self.width)(h))
+    return nn.Dense(self.dim)(h).reshape(x.shape)

@@ -1,0 +1,73 @@
+"""Config files, dotted overrides and validation messages."""
+import pytest
+
+from fm import config as config_lib
+
+SPEC = "configs/toy2d.py"
+
+
+def test_load_default_and_smoke():
+  c = config_lib.load(SPEC)
+  s = config_lib.load(SPEC + ":smoke")
+  assert c.train.steps == 20_000 and s.train.steps < 1000
+  config_lib.validate(c)
+  config_lib.validate(s)
+
+
+def test_unknown_variant():
+  with pytest.raises(config_lib.ConfigError, match="smoke"):
+    config_lib.load(SPEC + ":smok")
+
+
+def test_missing_file():
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.load("configs/nope.py")
+
+
+def test_overrides_are_typed():
+  c = config_lib.apply_overrides(config_lib.load(SPEC), [
+      ("train.steps", "123"), ("train.lr", "3e-4"), ("train.lr", "1"), ("data.task", "gaussian->moons"),
+      ("sigma", "0.05"), ("eval.at_end", "false")])
+  assert c.train.steps == 123 and isinstance(c.train.steps, int)
+  assert c.train.lr == 1.0 and isinstance(c.train.lr, float)
+  assert c.sigma == 0.05 and c.eval.at_end is False
+  assert config_lib.apply_overrides(config_lib.load(SPEC), [("sigma", "none")]).sigma is None
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("train.stpes", "10", "did you mean 'train.steps'"),
+    ("train.steps", "1e4", "expected int"),
+    ("train.steps", "ten", "expected int"),
+    ("train.lr", "fast", "expected float"),
+    ("eval.at_end", "maybe", "expected bool"),
+])
+def test_bad_overrides(key, value, match):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.apply_overrides(config_lib.load(SPEC), [(key, value)])
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("method", "otfm", "valid choices: icfm, rf, otcfm"),
+    ("data.task", "gaussian->moon", "moons"),
+    ("data.task", "moons", "source->target"),
+    ("train.optimizer", "sgd", "adam, adamw"),
+    ("train.steps", "0", "> 0"),
+    ("train.ema_decay", "1.5", r"\[0, 1\)"),
+    ("reflow.teacher", "runs/x", "needs method 'rf'"),
+])
+def test_validation(key, value, match):
+  c = config_lib.apply_overrides(config_lib.load(SPEC), [(key, value)])
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    config_lib.validate(c)
+  assert str(e.value).count("\n") == 0
+
+
+def test_rf_rejects_sigma():
+  c = config_lib.apply_overrides(config_lib.load(SPEC), [("method", "rf"), ("sigma", "0.1")])
+  with pytest.raises(config_lib.ConfigError, match="sigma"):
+    config_lib.validate(c)
+
+
+def test_diff_and_flatten():
+  assert config_lib.flatten({"a": {"b": 1}, "c": 2}) == {"a.b": 1, "c": 2}
+  assert config_lib.diff({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b"]
