@@ -1,0 +1,178 @@
+"""Command line: `fm train | sample | eval | sweep` (also `python -m fm`).
+
+Config overrides are dotted flags, `--config.train.steps=20000`. Any bad input
+(unknown key, method, task, bad value, missing workdir) prints one sentence to
+stderr and exits with status 2 before anything in the workdir is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors are one line on stderr and exit status 2."""
+
+  def error(self, message):
+    raise UsageError(f"{self.prog}: {message}")
+
+
+def _split_overrides(extra: list[str]) -> list[tuple[str, str]]:
+  """["--config.a.b=1", "--config.c", "2"] -> [("a.b", "1"), ("c", "2")]."""
+  out, i = [], 0
+  while i < len(extra):
+    arg = extra[i]
+    if not arg.startswith("--config."):
+      raise UsageError(f"unrecognized argument {arg!r}; config overrides look like --config.train.steps=100")
+    key, sep, value = arg[len("--config."):].partition("=")
+    if not sep:
+      if i + 1 >= len(extra):
+        raise UsageError(f"config override {arg!r} has no value")
+      value, i = extra[i + 1], i + 1
+    out.append((key, value))
+    i += 1
+  return out
+
+
+def _load_config(args, overrides, workdir_fallback: bool):
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  if args.config:
+    config = config_lib.load(args.config)
+  elif workdir_fallback and os.path.isfile(os.path.join(args.workdir, "config.json")):
+    with open(os.path.join(args.workdir, "config.json")) as f:
+      config = config_lib.from_dict(json.load(f))
+  else:
+    raise UsageError("--config is required (e.g. --config configs/toy2d.py)")
+  return config_lib.apply_overrides(config, overrides)
+
+
+def _train(args, overrides):
+  from fm import train  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides, workdir_fallback=True)
+  train.prepare(config, args.workdir)
+  result = train.train_and_evaluate(config, args.workdir)
+  if isinstance(result, dict):
+    print(json.dumps(result, indent=2))
+
+
+def _sample(args, overrides):
+  from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
+  from fm.train import run  # pylint: disable=g-import-not-at-top
+  del overrides
+  if args.solver in solvers.FIXED_STEP and args.steps is None:
+    raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
+  if args.solver in solvers.ADAPTIVE and args.steps is not None:
+    raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  for name in ("num", "steps"):
+    if getattr(args, name) is not None and getattr(args, name) <= 0:
+      raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+  run.check_workdir(args.workdir)
+  out = args.out or os.path.join(args.workdir, "samples.npz")
+  if not out.endswith(".npz"):
+    raise UsageError(f"--out must end in .npz, got {out!r}")
+  if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
+    raise UsageError(f"directory of --out {out!r} does not exist")
+  info = evaluate.sample_workdir(args.workdir, out, args.solver, args.num, args.seed,
+                                 args.rtol, args.atol, args.steps)
+  print(f"NFE {info['nfe']} ({args.solver}); wrote {info['out']} and {info['png']}")
+
+
+def _eval(args, overrides):
+  from fm import evaluate  # pylint: disable=g-import-not-at-top
+  from fm.train import run  # pylint: disable=g-import-not-at-top
+  del overrides
+  run.check_workdir(args.workdir)
+  print(json.dumps(evaluate.evaluate_workdir(args.workdir), indent=2))
+
+
+def _sweep(args, overrides):
+  from fm import sweep  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides, workdir_fallback=False)
+  grid = sweep.parse_grid(args.grid or [])
+  rows = sweep.run_sweep(config, args.workdir, grid)
+  with open(os.path.join(args.workdir, "table.md")) as f:
+    print(f.read(), end="")
+  del rows
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="fm", description="Flow matching in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  p = sub.add_parser("train", help="train (or resume) a run in --workdir",
+                     description="Train a flow; re-running with the same --workdir resumes it. "
+                                 "Override config keys with --config.KEY=VALUE.")
+  p.add_argument("--config", help="config file, optionally :variant (configs/toy2d.py:smoke); "
+                                   "defaults to WORKDIR/config.json when resuming")
+  p.add_argument("--workdir", required=True)
+  p.set_defaults(fn=_train)
+
+  p = sub.add_parser("sample", help="sample a trained run with an ODE solver",
+                     description="Sample the EMA model of a run's latest checkpoint; writes "
+                                 "OUT (.npz: samples, nfe, ...) and a scatter plot OUT.png.")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--solver", default="dopri5", choices=("euler", "midpoint", "heun", "rk4", "dopri5"))
+  p.add_argument("--rtol", type=float, default=1e-5)
+  p.add_argument("--atol", type=float, default=1e-5)
+  p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")
+  p.add_argument("--num", type=int, default=1000)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="output .npz (default WORKDIR/samples.npz)")
+  p.set_defaults(fn=_sample)
+
+  p = sub.add_parser("eval", help="evaluate a trained run (writes WORKDIR/eval.json)",
+                     description="W2 to held-out target samples (dopri5 and Euler), dopri5 NFE and "
+                                 "normalised path energy of the run's latest EMA checkpoint.")
+  p.add_argument("--workdir", required=True)
+  p.set_defaults(fn=_eval)
+
+  p = sub.add_parser("sweep", help="grid of runs with a mean ± std table and a figure",
+                     description="Train and evaluate every grid point in WORKDIR/<point>/, then write "
+                                 "table.md, table.csv and figure.png. Extra --config.KEY=VALUE apply to all.")
+  p.add_argument("--config", required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                 help="repeatable, e.g. --grid method=icfm,otcfm --grid seed=0,1,2")
+  p.set_defaults(fn=_sweep)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("fm").setLevel(logging.INFO)
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    args, extra = _parser().parse_known_args(argv)
+    if extra and args.command in ("sample", "eval"):
+      raise UsageError(f"fm {args.command}: unrecognized arguments: {' '.join(extra)}")
+    overrides = _split_overrides(extra)
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.distributed.initialize()
+    args.fn(args, overrides)
+  except (UsageError, config_lib.ConfigError) as e:
+    print(f"fm: error: {e}", file=sys.stderr)
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    from fm import train  # pylint: disable=g-import-not-at-top
+    if isinstance(e, train.Preempted):
+      print(f"fm: {e}", file=sys.stderr)
+      return 128 + e.signum
+    if isinstance(e, train.TrainingError):
+      print(f"fm: error: {e}", file=sys.stderr)
+      return 1
+    raise
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

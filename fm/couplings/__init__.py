@@ -1,0 +1,59 @@
+"""Minibatch couplings: re-pair (x0, x1) batches before building paths.
+
+    plan = fm.couplings.plan(x0, x1, method="exact")        # [n, m], sums to 1
+    couple = fm.couplings.make("sinkhorn", relative=0.05)
+    x0p, x1p, info = couple(key, x0, x1)
+
+Cost: squared Euclidean distance between flattened samples `[B, *shape]`.
+"""
+import dataclasses
+from typing import Any, Callable, Dict
+
+import jax
+
+from fm.couplings import base, exact, sinkhorn
+from fm.couplings.auction import auction
+from fm.couplings.base import Independent, pair_cost, sqdist
+from fm.couplings.exact import Exact, assignment, exact_plan
+from fm.couplings.sinkhorn import SB, Sinkhorn
+
+__all__ = [
+    "NAMES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB",
+    "assignment", "exact_plan", "auction", "sqdist", "pair_cost",
+]
+
+_REGISTRY: Dict[str, Callable[..., Any]] = {
+    "independent": Independent,
+    "exact": Exact,
+    "sinkhorn": Sinkhorn,
+    "sb": SB,
+}
+NAMES = tuple(_REGISTRY)
+
+
+def make(name: str, **kwargs: Any):
+  """Build a coupling `couple(key, x0, x1) -> (x0p, x1p, info)` by name.
+
+  Raises:
+    ValueError: unknown `name` or keyword (the message lists valid choices).
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown coupling {name!r}; valid choices: {NAMES}")
+  cls = _REGISTRY[name]
+  valid = tuple(f.name for f in dataclasses.fields(cls))
+  if name == "sb":
+    valid = tuple(v for v in valid if v not in ("epsilon", "relative"))
+  bad = [k for k in kwargs if k not in valid]
+  if bad:
+    raise ValueError(
+        f"unknown argument(s) {bad} for coupling {name!r}; valid: {valid}")
+  return cls(**kwargs)
+
+
+def plan(x0: jax.Array, x1: jax.Array, method: str = "exact", **kwargs: Any) -> jax.Array:
+  """Dense coupling plan `[n, m]` (sums to 1) for `method` in `NAMES`.
+
+  `kwargs` as in `make` (e.g. `epsilon=0.5` for "sinkhorn", `solver=` for
+  "exact", `sigma=` for "sb").
+  """
+  return make(method, **kwargs).plan(x0, x1)

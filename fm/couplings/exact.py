@@ -1,0 +1,124 @@
+"""Exact minibatch optimal transport (squared Euclidean cost)."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.optimize
+
+from fm.couplings import base
+from fm.couplings.auction import auction
+from fm.couplings.reduced_lap import reduced_assignment
+
+__all__ = ["SOLVERS", "MAX_LCM", "assignment", "exact_plan", "Exact"]
+
+SOLVERS = ("auto", "reduced", "scipy", "auction", "hungarian")
+MAX_LCM = 4096
+
+
+def _scipy_host(cost: np.ndarray) -> np.ndarray:
+  _, col = scipy.optimize.linear_sum_assignment(np.asarray(cost, np.float64))
+  return col.astype(np.int32)
+
+
+def _reduced_host(cost: np.ndarray) -> np.ndarray:
+  return reduced_assignment(np.asarray(cost, np.float64)).astype(np.int32)
+
+
+def _resolve(solver: str) -> str:
+  if solver not in SOLVERS:
+    raise ValueError(f"unknown exact solver {solver!r}; valid: {SOLVERS}")
+  if solver != "auto":
+    return solver
+  # Measured on a 2-core CPU (experiments/benchmarks/OT_RESULTS.md): the host
+  # scipy LAPJV on a dual-reduced cost ("reduced") beats plain scipy, which
+  # beats the JAX auction on CPU; on accelerators the pure-JAX auction keeps
+  # everything on device.
+  return "reduced" if jax.default_backend() == "cpu" else "auction"
+
+
+def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
+  """Optimal permutation for a square cost matrix.
+
+  Args:
+    cost: `[n, n]` cost matrix.
+    solver: one of `SOLVERS`. "scipy": host `linear_sum_assignment` via
+      `jax.pure_callback` (float64, exact); "reduced": the same host solver
+      on `cost - u[:, None] - v[None, :]` for estimated dual potentials
+      `(u, v)` (same optimal permutations for any `(u, v)`, so equally
+      exact; 2-4x faster, see `fm.couplings.reduced_lap`); "auction": pure-JAX
+      epsilon-scaling auction (on device, exact to the float resolution of
+      `cost`); "hungarian": `optax.assignment.hungarian_algorithm` (on
+      device, slow for n > 256); "auto": fastest per backend.
+
+  Returns:
+    `perm` `[n]` int32 minimising `sum_i cost[i, perm[i]]`.
+  """
+  n, m = cost.shape
+  if n != m:
+    raise ValueError(f"assignment needs a square cost matrix, got {cost.shape}")
+  solver = _resolve(solver)
+  if solver in ("scipy", "reduced"):
+    host = _scipy_host if solver == "scipy" else _reduced_host
+    out = jax.ShapeDtypeStruct((n,), jnp.int32)
+    return jax.pure_callback(host, out, cost, vmap_method="sequential")
+  if solver == "auction":
+    return auction(cost)[0]
+  rows, cols = optax.assignment.hungarian_algorithm(cost)
+  return jnp.zeros((n,), jnp.int32).at[rows].set(cols.astype(jnp.int32))
+
+
+def exact_plan(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
+  """Exact OT plan `[n, m]` for uniform marginals, summing to 1.
+
+  For `n != m` mass is split by replicating rows `L/n` and columns `L/m`
+  times, `L = lcm(n, m)`, and solving an `[L, L]` assignment. This is exact:
+  scaled by L the marginals are integers, so the transport LP has an
+  integral optimal vertex, i.e. an optimal plan with entries in `(1/L) Z`.
+  Raises ValueError if `L > MAX_LCM`.
+  """
+  n, m = x0.shape[0], x1.shape[0]
+  cost = base.sqdist(x0, x1)
+  lcm = n * m // math.gcd(n, m)
+  if lcm > MAX_LCM:
+    raise ValueError(
+        f"exact plan with n={n}, m={m} needs an assignment of size "
+        f"lcm={lcm} > MAX_LCM={MAX_LCM}; use equal batch sizes or sinkhorn")
+  rn, rm = lcm // n, lcm // m
+  big = jnp.repeat(jnp.repeat(cost, rn, axis=0), rm, axis=1)
+  perm = assignment(big, solver)
+  rows = jnp.arange(lcm) // rn
+  dt = jnp.result_type(cost.dtype, jnp.float32)
+  return jnp.zeros((n, m), dt).at[rows, perm // rm].add(1.0 / lcm)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact:
+  """Exact minibatch OT coupling.
+
+  Equal batch sizes: x0 kept in order, `x1p = x1[perm]` with the optimal
+  permutation (no duplicates). Unequal sizes: for each x0[i] a partner is
+  drawn from the row of the exact plan.
+
+  Attributes:
+    solver: see `assignment`.
+  """
+
+  solver: str = "auto"
+
+  def __post_init__(self):
+    _resolve(self.solver)
+
+  def plan(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
+    return exact_plan(x0, x1, self.solver)
+
+  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
+    if x0.shape[0] == x1.shape[0]:
+      perm = assignment(base.sqdist(x0, x1), self.solver)
+    else:
+      p = exact_plan(x0, x1, self.solver)
+      perm = base.sample_rows(key, jnp.log(p))
+    x1p = x1[perm]
+    return x0, x1p, base._info(x0, x1, x0, x1p)

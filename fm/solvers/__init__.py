@@ -1,0 +1,34 @@
+"""ODE solvers with exact NFE accounting.
+
+A solver is a Butcher tableau plus an order (`fm.solvers.tableau`); fixed-step
+methods share one explicit RK driver under `lax.scan` (`fixed`), dopri5 runs
+an embedded-pair driver under `lax.while_loop` with a separate step-size
+controller (`adaptive`). `integrate` is the entry point:
+
+    x1, info = fm.solvers.integrate(v, x0, solver="rk4", steps=20)
+    x1, info = fm.solvers.integrate(v, x0, solver="dopri5", rtol=1e-5, atol=1e-5)
+    info["nfe"], info["steps"], info["rejected"], info["success"]
+"""
+from fm.solvers.adaptive import StepSizeController, initial_step, integrate_adaptive
+from fm.solvers.api import ADAPTIVE, FIXED_STEP, SOLVERS, integrate
+from fm.solvers.fixed import integrate_fixed, rk_stages
+from fm.solvers.tableau import DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUX, ButcherTableau
+
+__all__ = [
+    "integrate",
+    "SOLVERS",
+    "FIXED_STEP",
+    "ADAPTIVE",
+    "ButcherTableau",
+    "TABLEAUX",
+    "EULER",
+    "MIDPOINT",
+    "HEUN",
+    "RK4",
+    "DOPRI5",
+    "StepSizeController",
+    "initial_step",
+    "integrate_adaptive",
+    "integrate_fixed",
+    "rk_stages",
+]

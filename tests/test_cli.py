@@ -1,0 +1,112 @@
+"""The `fm` command: bad inputs exit 2 with one sentence, sampling, eval, sweep."""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from fm import cli
+from train.helpers import CONFIG, PYTHON, cli_args, snapshot, subprocess_env, trained_run  # noqa: F401
+
+SMOKE = CONFIG + ":smoke"
+
+
+def _main(capsys, argv):
+  code = cli.main(argv)
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--config.train.stpes=10"], "train.steps"),
+    (["--config.method=otfm"], "valid choices: icfm, rf, otcfm, sbcfm, fm, vp"),
+    (["--config.data.task=gaussian->moon"], "moons"),
+    (["--config.train.steps=ten"], "expected int"),
+    (["--config.train.lr=0.5"], "different config"),   # mismatch with the saved run
+    (["--bogus"], "unrecognized argument"),
+])
+def test_train_bad_input_exits_2_and_leaves_workdir(capsys, trained_run, extra, match):  # noqa: F811
+  before = snapshot(trained_run)
+  code, _, err = _main(capsys, ["train", "--config", SMOKE, "--workdir", trained_run, *cli_args(), *extra])
+  assert code == 2
+  assert match in err and err.count("\n") == 1 and "Traceback" not in err
+  assert snapshot(trained_run) == before
+
+
+def test_bad_config_into_new_workdir_creates_nothing(capsys, tmp_path):
+  workdir = tmp_path / "new"
+  code, _, err = _main(capsys, ["train", "--config", SMOKE, "--workdir", str(workdir), "--config.method=nope"])
+  assert code == 2 and "method" in err
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["sample", "--workdir", "/nonexistent/run"], "does not exist"),
+    (["eval", "--workdir", "/nonexistent/run"], "does not exist"),
+    (["sample", "--workdir", "RUN", "--solver", "euler"], "--steps"),
+    (["sample", "--workdir", "RUN", "--solver", "rk5"], "invalid choice"),
+    (["sample", "--workdir", "RUN", "--num", "0"], "positive"),
+    (["eval", "--workdir", "RUN", "--config.seed=1"], "unrecognized"),
+])
+def test_sample_eval_bad_input(capsys, trained_run, argv, match):  # noqa: F811
+  before = snapshot(trained_run)
+  argv = [trained_run if a == "RUN" else a for a in argv]
+  code, _, err = _main(capsys, argv)
+  assert code == 2 and match in err and err.count("\n") == 1
+  assert snapshot(trained_run) == before
+
+
+def test_eval_needs_a_run(capsys, tmp_path):
+  code, _, err = _main(capsys, ["eval", "--workdir", str(tmp_path)])
+  assert code == 2 and "config.json" in err
+
+
+@pytest.mark.parametrize("solver,extra", [
+    ("dopri5", ["--rtol", "1e-5", "--atol", "1e-5"]), ("euler", ["--steps", "10"]),
+    ("midpoint", ["--steps", "5"]), ("heun", ["--steps", "5"]), ("rk4", ["--steps", "4"])])
+def test_sample_each_solver(capsys, trained_run, tmp_path, solver, extra):  # noqa: F811
+  out = str(tmp_path / f"{solver}.npz")
+  code, stdout, _ = _main(capsys, ["sample", "--workdir", trained_run, "--solver", solver, "--num", "50",
+                                   "--seed", "1", "--out", out, *extra])
+  assert code == 0 and "NFE" in stdout
+  with np.load(out) as f:
+    assert f["samples"].shape == (50, 2) and np.isfinite(f["samples"]).all()
+    assert int(f["nfe"]) > 0 and str(f["solver"]) == solver and int(f["seed"]) == 1
+    if solver != "dopri5":
+      assert int(f["nfe"]) == {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[solver] * int(f["steps"])
+  assert os.path.exists(out[:-4] + ".png")
+
+
+def test_eval_writes_json(capsys, trained_run):  # noqa: F811
+  code, out, _ = _main(capsys, ["eval", "--workdir", trained_run])
+  assert code == 0 and '"nfe"' in out and os.path.exists(os.path.join(trained_run, "eval.json"))
+
+
+def test_sweep(capsys, tmp_path):
+  workdir = str(tmp_path / "sweep")
+  code, out, err = _main(capsys, ["sweep", "--config", SMOKE, "--workdir", workdir, *cli_args(train__steps=20),
+                                  "--grid", "method=icfm,otcfm", "--grid", "seed=0,1"])
+  assert code == 0, err
+  for name in ("table.md", "table.csv", "figure.png"):
+    assert os.path.exists(os.path.join(workdir, name))
+  with open(os.path.join(workdir, "table.md")) as f:
+    table = f.read()
+  assert "icfm" in table and "otcfm" in table and "±" in table
+  assert len(os.listdir(workdir)) == 7   # 4 runs + 3 outputs
+  code, _, err = _main(capsys, ["sweep", "--config", SMOKE, "--workdir", str(tmp_path / "bad"),
+                                "--grid", "method=icfm,nope"])
+  assert code == 2 and "nope" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("sub", ["train", "sample", "eval", "sweep"])
+def test_help(capsys, sub):
+  with pytest.raises(SystemExit) as e:
+    cli.main([sub, "--help"])
+  assert e.value.code == 0 and "--workdir" in capsys.readouterr().out
+
+
+def test_python_m_fm_exit_status(tmp_path):
+  res = subprocess.run([PYTHON, "-m", "fm", "train", "--config", SMOKE, "--workdir", str(tmp_path / "w"),
+                        "--config.train.stpes=1"], capture_output=True, text=True, env=subprocess_env())
+  assert res.returncode == 2 and res.stderr.count("\n") == 1 and "train.steps" in res.stderr
+  assert not (tmp_path / "w").exists()
