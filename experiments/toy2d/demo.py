@@ -49,7 +49,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="demo_out")
   parser.add_argument("--task", default="8gaussians->moons")
-  parser.add_argument("--steps", type=int, default=3000)
+  parser.add_argument("--steps", type=int, default=5000)
   parser.add_argument("--batch-size", type=int, default=256)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--smoke", action="store_true", help="tiny budget (tests)")

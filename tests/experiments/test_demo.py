@@ -1,0 +1,27 @@
+"""`make demo` end to end on the smoke budget: every method, reflow, table and figure."""
+import csv
+import os
+import runpy
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_demo_smoke_writes_table_and_figure(tmp_path, monkeypatch, capsys):
+  demo = runpy.run_path(os.path.join(ROOT, "experiments", "toy2d", "demo.py"))
+  workdir = str(tmp_path / "demo")
+  assert demo["main"](["--workdir", workdir, "--smoke"]) == 0
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = {r["method"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"icfm", "rf", "otcfm", "sbcfm", "2-rf"}
+  for r in rows.values():
+    assert float(r["w2"]) > 0 and int(r["nfe"]) >= 8   # dopri5: 1 + probe + 6 per step
+  assert os.path.getsize(os.path.join(workdir, "figure.png")) > 10_000
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "| 2-rf |" in table and "rtol = atol = 1e-05" in table
+  # a second call finds every run finished and only rewrites the summary
+  mtime = os.path.getmtime(os.path.join(workdir, "icfm", "eval.json"))
+  assert demo["main"](["--workdir", workdir, "--smoke"]) == 0
+  assert os.path.getmtime(os.path.join(workdir, "icfm", "eval.json")) == mtime
