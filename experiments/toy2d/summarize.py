@@ -68,6 +68,22 @@ def check_runs(root: str) -> list[str]:
   return notes
 
 
+def w2_floor(draws: int = 5, n: int = 1000) -> dict[str, tuple[float, float]]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fm import metrics  # pylint: disable=g-import-not-at-top
+  from fm.data import toys  # pylint: disable=g-import-not-at-top
+  w2 = jax.jit(metrics.w2)
+  out = {}
+  for target in dict.fromkeys(t.split("->")[1] for t in TASKS):
+    vals = []
+    for d in range(draws):
+      ka, kb = jax.random.split(jax.random.PRNGKey(1000 + d))
+      vals.append(float(w2(toys.sample(target, ka, n), toys.sample(target, kb, n))))
+    out[target] = (float(np.mean(vals)), float(np.std(vals, ddof=1)))
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--root", default="runs/toy2d")
@@ -109,6 +125,13 @@ def main():
     for r in read_table(os.path.join(args.pilot, "table.csv")):
       out.append(f"| {r['sigma']} | " + " | ".join(f"{float(r[m + '_mean']):.{d}f}" for m, _, d in METRICS) + " |")
     out.append("")
+  out += ["## W2 sampling floor", "",
+          "W2 between two independent 1000-point samples of the same target (5 draws, mean ± std): "
+          "what a perfect model would score on this metric.", "",
+          "| target | W2 floor |", "|---|---|"]
+  for target, (m, sd) in w2_floor().items():
+    out.append(f"| {target} | {m:.3f} ± {sd:.3f} |")
+  out.append("")
   notes = check_runs(args.root)
   out += ["## Run checks", "", "\n".join(f"- {n}" for n in notes) if notes else
           "Every run: finite metrics and dopri5 success.", ""]
