@@ -58,3 +58,13 @@ def trained_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("runs") / "ot")
   train.train_and_evaluate(tiny_config(method="otcfm"), workdir)
   return workdir
+
+
+def restore_state(workdir, config):
+  """The latest checkpointed `TrainState` of a run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from fm.train import checkpoint, run as run_lib  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoint.Checkpointer(workdir)
+  state = ckpt.restore(jax.eval_shape(run_lib.build(config).init_state))
+  ckpt.close()
+  return state

@@ -10,15 +10,7 @@ import pytest
 
 from fm import methods
 from fm.train import checkpoint, loop, run as run_lib, step as step_lib
-from train.helpers import tiny_config
-
-
-def _final_params(workdir, config):
-  run = run_lib.build(config)
-  ckpt = checkpoint.Checkpointer(workdir)
-  state = ckpt.restore(jax.eval_shape(run.init_state))
-  ckpt.close()
-  return state
+from train.helpers import restore_state, tiny_config
 
 
 @pytest.mark.parametrize("method", methods.NAMES)
@@ -47,7 +39,7 @@ def test_resume_is_bitwise_exact(tmp_path):
   loop.train(tiny_config(train__steps=20), parts)
   loop.train(tiny_config(train__steps=50), parts)   # ends off the chunk grid
   loop.train(tiny_config(train__steps=60), parts)
-  a, b = _final_params(ref, tiny_config(train__steps=60)), _final_params(parts, tiny_config(train__steps=60))
+  a, b = restore_state(ref, tiny_config(train__steps=60)), restore_state(parts, tiny_config(train__steps=60))
   assert int(a.step) == int(b.step) == 60
   chex.assert_trees_all_equal(a, b)
 
@@ -71,7 +63,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     loop.train(bad, workdir)
   assert "step 20" in str(e.value)
   assert checkpoint.latest_step(workdir) == 20
-  state = _final_params(workdir, bad)
+  state = restore_state(workdir, bad)
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
 
 

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from fm.train import checkpoint, loop, run as run_lib
-from train.helpers import CONFIG, PYTHON, cli_args, subprocess_env, tiny_config
+from train.helpers import CONFIG, PYTHON, cli_args, restore_state, subprocess_env, tiny_config
 
 LONG = dict(train__steps=2400, train__steps_per_call=50, train__log_every=100,
             train__checkpoint_every=200, eval__at_end="false")
@@ -31,14 +31,6 @@ def _wait_for_step(workdir, proc, min_step, timeout=120):
   raise AssertionError("training made no progress")
 
 
-def _state(workdir, config):
-  run = run_lib.build(config)
-  ckpt = checkpoint.Checkpointer(workdir)
-  state = ckpt.restore(jax.eval_shape(run.init_state))
-  ckpt.close()
-  return state
-
-
 def test_sigkill_then_resume_is_bitwise_exact(tmp_path):
   killed = str(tmp_path / "killed")
   proc = subprocess.Popen(_train_cmd(killed, **LONG), env=subprocess_env(),
@@ -55,7 +47,7 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path):
   reference = str(tmp_path / "reference")
   config = tiny_config(**LONG)
   loop.train(config, reference)
-  a, b = _state(reference, config), _state(killed, config)
+  a, b = restore_state(reference, config), restore_state(killed, config)
   assert int(a.step) == int(b.step) == 2400
   chex.assert_trees_all_equal(a, b)
 
@@ -76,7 +68,7 @@ def test_sigterm_saves_checkpoint_and_exits(tmp_path):
   assert "SIGTERM" in err and "Traceback" not in err
   step = checkpoint.latest_step(workdir)
   assert step is not None and 0 < step < 1_000_000
-  assert int(_state(workdir, tiny_config(**kw)).step) == step
+  assert int(restore_state(workdir, tiny_config(**kw)).step) == step
 
 
 @pytest.mark.slow
