@@ -1,8 +1,8 @@
 """2D toy flow matching (Tong et al. 2024 protocol): MLP 3x64 SELU, AdamW 1e-3, 20k steps, batch 512.
 
 Command (defaults; 2-core CPU, measured: icfm/rf/fm/vp ~2000 steps/s, so ~15 s for
-20k steps; otcfm/sbcfm are bound by the per-batch OT solve, ~37 and ~60 steps/s at
-batch 512, so ~9 and ~6 minutes):
+20k steps; otcfm/sbcfm are bound by the per-batch OT solve, ~110 and ~60 steps/s at
+batch 512, so ~3 and ~6 minutes):
 
   fm train --config configs/toy2d.py --workdir runs/ot \
       --config.method=otcfm --config.data.task=8gaussians->moons

@@ -10,11 +10,12 @@ import scipy.optimize
 
 from fm.couplings import base
 from fm.couplings.auction import auction
+from fm.couplings.host_auction import host_auction
 from fm.couplings.reduced_lap import reduced_assignment
 
 __all__ = ["SOLVERS", "MAX_LCM", "assignment", "exact_plan", "Exact"]
 
-SOLVERS = ("auto", "reduced", "scipy", "auction", "hungarian")
+SOLVERS = ("auto", "host_auction", "reduced", "scipy", "auction", "hungarian")
 MAX_LCM = 4096
 
 
@@ -27,16 +28,19 @@ def _reduced_host(cost: np.ndarray) -> np.ndarray:
   return reduced_assignment(np.asarray(cost, np.float64)).astype(np.int32)
 
 
+_HOST = {"host_auction": host_auction, "scipy": _scipy_host, "reduced": _reduced_host}
+
+
 def _resolve(solver: str) -> str:
   if solver not in SOLVERS:
     raise ValueError(f"unknown exact solver {solver!r}; valid: {SOLVERS}")
   if solver != "auto":
     return solver
-  # Measured on a 2-core CPU (experiments/benchmarks/OT_RESULTS.md): the host
-  # scipy LAPJV on a dual-reduced cost ("reduced") beats plain scipy, which
-  # beats the JAX auction on CPU; on accelerators the pure-JAX auction keeps
-  # everything on device.
-  return "reduced" if jax.default_backend() == "cpu" else "auction"
+  # Measured on a 2-core CPU (experiments/benchmarks/OT_RESULTS.md): the
+  # compiled host auction beats POT's network simplex, scipy's LAP on a
+  # dual-reduced cost ("reduced"), plain scipy and the JAX auction on CPU; on
+  # accelerators the pure-JAX auction keeps everything on device.
+  return "host_auction" if jax.default_backend() == "cpu" else "auction"
 
 
 def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
@@ -44,7 +48,10 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
 
   Args:
     cost: `[n, n]` cost matrix.
-    solver: one of `SOLVERS`. "scipy": host `linear_sum_assignment` via
+    solver: one of `SOLVERS`. "host_auction": epsilon-scaling auction
+      compiled by numba, on the host via `jax.pure_callback` (float64; cost
+      within 1e-9 of the cost range of the optimum, see
+      `fm.couplings.host_auction`); "scipy": host `linear_sum_assignment` via
       `jax.pure_callback` (float64, exact); "reduced": the same host solver
       on `cost - u[:, None] - v[None, :]` for estimated dual potentials
       `(u, v)` (same optimal permutations for any `(u, v)`, so equally
@@ -60,10 +67,9 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
   if n != m:
     raise ValueError(f"assignment needs a square cost matrix, got {cost.shape}")
   solver = _resolve(solver)
-  if solver in ("scipy", "reduced"):
-    host = _scipy_host if solver == "scipy" else _reduced_host
+  if solver in _HOST:
     out = jax.ShapeDtypeStruct((n,), jnp.int32)
-    return jax.pure_callback(host, out, cost, vmap_method="sequential")
+    return jax.pure_callback(_HOST[solver], out, cost, vmap_method="sequential")
   if solver == "auction":
     return auction(cost)[0]
   rows, cols = optax.assignment.hungarian_algorithm(cost)

@@ -9,7 +9,7 @@ import scipy.optimize
 
 import fm
 
-SOLVERS = ("auto", "scipy", "auction", "hungarian")
+SOLVERS = ("auto", "host_auction", "reduced", "scipy", "auction", "hungarian")
 
 
 def _np_cost(x0, x1):
@@ -42,7 +42,7 @@ def test_brute_force(solver, d):
       np.testing.assert_allclose(info["cost_after"], best / n, rtol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ("scipy", "auction"))
+@pytest.mark.parametrize("solver", ("host_auction", "scipy", "auction"))
 @pytest.mark.parametrize("d", [2, 768])
 def test_matches_scipy_n256(solver, d):
   x0, x1 = _data(1, 256, d)
@@ -72,7 +72,7 @@ def test_permutation_no_duplicates():
   assert info["cost_after"] < info["cost_before"]
 
 
-@pytest.mark.parametrize("solver", ("scipy", "auction", "hungarian"))
+@pytest.mark.parametrize("solver", ("host_auction", "scipy", "auction", "hungarian"))
 def test_unequal_plan_marginals_and_linprog(solver):
   n, m = 6, 4
   x0, x1 = _data(4, n, 2, m)
