@@ -1,6 +1,6 @@
 """`make demo`: I-CFM, rectified flow (+ one reflow round), OT-CFM and SB-CFM on one 2D task.
 
-  python experiments/toy2d/demo.py --workdir demo_out            # about 5 minutes on a 2-core CPU
+  python experiments/toy2d/demo.py --workdir demo_out            # about 1.5 minutes on a 2-core CPU
   python experiments/toy2d/demo.py --workdir /tmp/d --smoke      # seconds, for tests
 
 Trains the four methods with `configs/toy2d.py` (same seed, task, model and
