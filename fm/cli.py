@@ -68,6 +68,8 @@ def _sample(args, overrides):
   from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
   from fm.train import run  # pylint: disable=g-import-not-at-top
   del overrides
+  if args.solver not in solvers.SOLVERS:
+    raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
   if args.solver in solvers.FIXED_STEP and args.steps is None:
     raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
   if args.solver in solvers.ADAPTIVE and args.steps is not None:
@@ -119,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                      description="Sample the EMA model of a run's latest checkpoint; writes "
                                  "OUT (.npz: samples, nfe, ...) and a scatter plot OUT.png.")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--solver", default="dopri5", choices=("euler", "midpoint", "heun", "rk4", "dopri5"))
+  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
   p.add_argument("--rtol", type=float, default=1e-5)
   p.add_argument("--atol", type=float, default=1e-5)
   p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")

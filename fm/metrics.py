@@ -18,11 +18,8 @@ __all__ = ["w2", "path_energy", "normalized_path_energy"]
 
 def w2(x, y):
   """Exact W2 between point clouds `x` `[n, *shape]` and `y` `[m, *shape]`."""
-  x = jnp.reshape(x, (x.shape[0], -1))
-  y = jnp.reshape(y, (y.shape[0], -1))
   plan = couplings.plan(x, y, method="exact")
-  cost = jnp.sum(jnp.square(x[:, None, :] - y[None, :, :]), axis=-1) if x.shape[1] <= 16 else (
-      jnp.sum(x * x, 1)[:, None] + jnp.sum(y * y, 1)[None, :] - 2 * x @ y.T)
+  cost = couplings.sqdist(x, y)
   return jnp.sqrt(jnp.maximum(jnp.sum(plan * cost), 0.0))
 
 

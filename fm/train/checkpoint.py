@@ -42,7 +42,7 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state) -> None:
-    """Saves `state` as checkpoint `step` (asynchronously; `wait()` to block)."""
+    """Saves `state` as checkpoint `step` (synchronously, so the caller may donate it next); no-op if it exists."""
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)

@@ -206,8 +206,6 @@ def train(config: ml_collections.ConfigDict, workdir: str):
         fetch(pending)
         ckpt.save(step, state)
         raise Preempted(step, stop["signum"])
-    fetch(pending)
-    ckpt.save(step, state)
   finally:
     ckpt.close()
     for s, h in old_handlers.items():
