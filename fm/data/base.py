@@ -1,0 +1,42 @@
+"""The interface between data and the trainer: a `Source`.
+
+A source tells the trainer the shape of one example and how to draw a batch
+inside the jitted step: `batch_fn(key, data) -> (x0, x1)`, both `[B, *shape]`,
+where `data` is the pytree of arrays the source holds on device (`None` for
+samplers such as the 2D toys). x0 comes from the source distribution (noise or
+a toy), x1 from the data. The trainer never imports a concrete source.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+__all__ = ["Source", "BatchFn"]
+
+# batch_fn(key, data) -> (x0 [B, *shape], x1 [B, *shape])
+BatchFn = Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """What the trainer, sampler and evaluators need to know about the data.
+
+  Attributes:
+    name: registry name ("toy", "images", ...).
+    shape: shape of one example, e.g. `(2,)` or `(32, 32, 3)` (images are HWC).
+    batch_fn: draws one training batch inside the jitted step.
+    data: arrays held on device for `batch_fn` (or None).
+    sample_x0: `sample_x0(key, n) -> [n, *shape]`, the source distribution
+      used to generate samples (N(0, I) for images).
+    description: provenance for results files (dataset, path, content hash).
+    kind: "points" (toys: scatter plots, W2) or "images" (grids, FID).
+  """
+  name: str
+  shape: tuple[int, ...]
+  batch_fn: BatchFn
+  data: Any
+  sample_x0: Callable[[jax.Array, int], jax.Array]
+  description: str
+  kind: str = "points"
