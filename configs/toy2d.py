@@ -30,8 +30,19 @@ def get_config(variant=None):
   c.sigma = None              # path noise; None = the method's default (0 for rf)
   c.time_sampler = "uniform"  # "uniform" | "logit_normal"
   c.seed = 0
+  # Options of the time sampler and the method's coupling; None = the component's default.
+  c.time = ml_collections.ConfigDict({"m": None, "s": None})  # logit_normal location, scale
+  c.coupling = ml_collections.ConfigDict({
+      "solver": None,          # exact: auto | host_auction | reduced | scipy | auction | hungarian
+      "epsilon": None,         # sinkhorn: absolute entropic regularisation
+      "relative": None,        # sinkhorn: epsilon = relative * std(cost) (default 0.05)
+      "threshold": None,       # sinkhorn / sb: marginal-error threshold (default 1e-3)
+      "max_iterations": None,  # sinkhorn / sb (default 1000)
+      "replace": None,         # sinkhorn / sb: draw pairs jointly with replacement (TorchCFM)
+  })
 
   c.data = ml_collections.ConfigDict()
+  c.data.name = "toy"
   c.data.task = "8gaussians->moons"  # "source->target", toys from fm.data.toys.NAMES
 
   c.model = ml_collections.ConfigDict()

@@ -83,8 +83,17 @@ def _sample(args, overrides):
     raise UsageError(f"--out must end in .npz, got {out!r}")
   if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
     raise UsageError(f"directory of --out {out!r} does not exist")
-  info = evaluate.sample_workdir(args.workdir, out, args.solver, args.num, args.seed,
-                                 args.rtol, args.atol, args.steps)
+  if args.batch_size is not None and args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+  if args.png_dir and os.path.exists(args.png_dir) and not os.path.isdir(args.png_dir):
+    raise UsageError(f"--png-dir {args.png_dir!r} exists and is not a directory")
+  kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
+                steps=args.steps, step=args.step)
+  if evaluate.kind(args.workdir) == "images":
+    kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
+  elif args.png_dir:
+    raise UsageError("--png-dir is for image runs; this run's data are points")
+  info = evaluate.sample_workdir(args.workdir, out, **kwargs)
   print(f"NFE {info['nfe']} ({args.solver}); wrote {info['out']} and {info['png']}")
 
 
@@ -118,8 +127,9 @@ def _parser() -> argparse.ArgumentParser:
   p.set_defaults(fn=_train)
 
   p = sub.add_parser("sample", help="sample a trained run with an ODE solver",
-                     description="Sample the EMA model of a run's latest checkpoint; writes "
-                                 "OUT (.npz: samples, nfe, ...) and a scatter plot OUT.png.")
+                     description="Sample the EMA model of a run's checkpoint; writes OUT (.npz: samples, "
+                                 "nfe, solver settings, seed) and beside it OUT.png: a scatter plot (toy runs) "
+                                 "or an 8x8 grid of the first 64 images (image runs).")
   p.add_argument("--workdir", required=True)
   p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
   p.add_argument("--rtol", type=float, default=1e-5)
@@ -128,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--num", type=int, default=1000)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="output .npz (default WORKDIR/samples.npz)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--batch-size", type=int, default=None, help="images per solver call (image runs; default 256)")
+  p.add_argument("--png-dir", default=None, help="also write every image as a PNG here (image runs; for external FID tools)")
   p.set_defaults(fn=_sample)
 
   p = sub.add_parser("eval", help="evaluate a trained run (writes WORKDIR/eval.json)",

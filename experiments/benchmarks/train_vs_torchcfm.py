@@ -95,8 +95,7 @@ def make_fm_runner(method, task, batch, lr, steps_per_call):
   K = config.train.steps_per_call if steps_per_call is None else steps_per_call
   config_lib.validate(config)
   run = run_lib.build(config)
-  source, target = toys.parse_task(task)
-  batch_fn = step_lib.toy_batches(source, target, batch)
+  batch_fn = toys.make_source(batch, task).batch_fn
 
   def loss_fn(params, key, x0, x1):
     return run.method.loss(run.model.apply, params, key, x0, x1)

@@ -1,4 +1,61 @@
-"""Data sources: 2D toy distributions (`toys`)."""
-from fm.data import toys
+"""Data sources, one registry: `make(name, batch_size, **options) -> Source`.
 
-__all__ = ["toys"]
+    src = fm.data.make("toy", batch_size=512, task="8gaussians->moons")
+    src = fm.data.make("images", batch_size=128, path="../shared/data/cifar10-jpeg.tar.gz")
+    x0, x1 = src.batch_fn(key, src.data)          # inside the jitted train step
+
+Each source module defines `check_options(**options)` (cheap: names and ranges,
+no loading; ValueError with one sentence) and `make_source(batch_size, **options)`.
+The config's `data` section is `{"name": ..., **options}`; a config without
+`data.name` is a toy config (the 2D half predates the registry). Modules are
+imported on first use, so `import fm` never imports an image decoder.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fm.data.base import Source
+
+__all__ = ["Source", "NAMES", "make", "check", "split_options", "x0_sampler"]
+
+_MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}
+NAMES = tuple(_MODULES)
+
+
+def _module(name: str):
+  if name not in _MODULES:
+    raise ValueError(f"unknown data source {name!r}; valid sources: {', '.join(NAMES)}")
+  return importlib.import_module(_MODULES[name])
+
+
+def split_options(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+  """A config's `data` section -> (source name, its options)."""
+  data = dict(data)
+  name = data.pop("name", "toy")
+  return name, data
+
+
+def check(name: str, **options: Any) -> None:
+  """ValueError (one sentence) unless `options` are valid for source `name`."""
+  _module(name).check_options(**options)
+
+
+def make(name: str, batch_size: int, **options: Any) -> Source:
+  """Builds the named source; its arrays (if any) are host or device arrays in `src.data`."""
+  module = _module(name)
+  module.check_options(**options)
+  return module.make_source(batch_size, **options)
+
+
+def x0_sampler(name: str, shape: tuple[int, ...], **options: Any):
+  """`sample_x0(key, n) -> [n, *shape]` of a source without loading its data.
+
+  A module may define `x0_sampler(shape, **options)`; otherwise x0 ~ N(0, I).
+  """
+  module = _module(name)
+  if hasattr(module, "x0_sampler"):
+    return module.x0_sampler(shape, **options)
+  import jax  # pylint: disable=g-import-not-at-top
+  shape = tuple(shape)
+  return lambda key, n: jax.random.normal(key, (n, *shape))

@@ -14,7 +14,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["sample", "parse_task", "NAMES", "TASKS"]
+from fm.data.base import Source
+
+__all__ = ["sample", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES", "TASKS"]
 
 
 def _gaussian(key, n):
@@ -98,3 +100,29 @@ def parse_task(task: str) -> tuple[str, str]:
   for p in parts:
     _check(p)
   return parts[0], parts[1]
+
+
+def check_options(task: str = "8gaussians->moons") -> None:
+  """ValueError unless `task` is "source->target" with known toys."""
+  parse_task(task)
+
+
+def make_source(batch_size: int, task: str = "8gaussians->moons") -> Source:
+  """Fresh source and target samples of `task` every step (no stored data)."""
+  source, target = parse_task(task)
+
+  def batch_fn(key, data):
+    del data
+    k0, k1 = jax.random.split(key)
+    return sample(source, k0, batch_size), sample(target, k1, batch_size)
+
+  return Source(name="toy", shape=(2,), batch_fn=batch_fn, data=None,
+                sample_x0=lambda key, n: sample(source, key, n),
+                description=f"fm.data.toys (generated): {task}", kind="points")
+
+
+def x0_sampler(shape=(2,), task: str = "8gaussians->moons"):
+  """The task's source distribution, `(key, n) -> [n, 2]`."""
+  del shape
+  source, _ = parse_task(task)
+  return lambda key, n: sample(source, key, n)

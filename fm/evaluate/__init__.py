@@ -1,5 +1,47 @@
-"""Evaluation of trained runs: toy metrics (`toy`) and figures (`plots`)."""
-from fm.evaluate import plots, toy
-from fm.evaluate.toy import evaluate, evaluate_workdir, generate, sample_workdir, trajectories
+"""Evaluation of trained runs: toy metrics (`toy`), image runs (`images`), sampling, figures.
 
-__all__ = ["plots", "toy", "evaluate", "evaluate_workdir", "generate", "sample_workdir", "trajectories"]
+`evaluate_workdir` and `sample_workdir` dispatch on the kind of the run's data
+(`source.json`: "points" for the 2D toys, "images" for image folders / tfds).
+"""
+from fm.evaluate import plots, sampling, toy
+from fm.evaluate.sampling import generate
+from fm.evaluate.toy import evaluate, trajectories
+
+__all__ = ["plots", "sampling", "toy", "evaluate", "evaluate_workdir", "generate", "sample_workdir",
+           "trajectories", "periodic", "kind"]
+
+
+def kind(workdir: str) -> str:
+  """"points" or "images": the kind of data a run was trained on."""
+  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  return run_lib.read_source_info(workdir)["kind"]
+
+
+def evaluate_workdir(workdir: str) -> dict:
+  """The end-of-training evaluation of a run's latest EMA checkpoint (see `toy`, `images`)."""
+  if kind(workdir) == "images":
+    from fm.evaluate import images  # pylint: disable=g-import-not-at-top
+    return images.evaluate_workdir(workdir)
+  return toy.evaluate_workdir(workdir)
+
+
+def sample_workdir(workdir: str, out: str, **kwargs) -> dict:
+  """Samples a run into `out` (.npz) and a figure beside it (scatter plot or image grid)."""
+  if kind(workdir) == "images":
+    from fm.evaluate import images  # pylint: disable=g-import-not-at-top
+    return images.sample_workdir(workdir, out, **kwargs)
+  return toy.sample_workdir(workdir, out, **kwargs)
+
+
+def periodic(run, source, config, workdir):
+  """Evaluators run every `eval.every` steps during training: `f(step, ema_params, writer) -> dict`.
+
+  Image runs get a fixed-noise sample grid (`eval.grid_steps` Euler steps); toy
+  runs none (their evaluation is cheap enough to run at the end).
+  """
+  every = config.eval.get("every", 0)
+  if not every or source.kind != "images":
+    return []
+  from fm.evaluate import images  # pylint: disable=g-import-not-at-top
+  return [images.GridEvaluator(run, source.sample_x0, workdir, num=config.eval.get("grid_num", 64),
+                               steps=config.eval.get("grid_steps", 20), seed=config.eval.get("seed", 0))]

@@ -11,7 +11,6 @@ training never uses.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -19,22 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm import metrics, solvers
+from fm import metrics
 from fm.data import toys
+from fm.evaluate.sampling import generate
 from fm.train import run as run_lib
 
 _w2 = jax.jit(metrics.w2)  # jitted: also runs on inputs committed to a multi-device mesh
 
 __all__ = ["generate", "evaluate", "evaluate_workdir", "sample_workdir", "eval_keys"]
-
-
-@functools.partial(jax.jit, static_argnames=("model", "solver", "steps", "rtol", "atol", "save_trajectory"))
-def generate(model, params, x0, solver="dopri5", rtol=1e-5, atol=1e-5, steps=None,
-             save_trajectory=False):
-  """Pushes `x0` `[n, 2]` through the flow; returns `(x1 [n, 2], info)`."""
-  kwargs = {"rtol": rtol, "atol": atol} if solver in solvers.ADAPTIVE else {
-      "steps": steps, "save_trajectory": save_trajectory}
-  return solvers.integrate(run_lib.velocity(model, params), x0, solver=solver, **kwargs)
 
 
 def eval_keys(seed: int):
@@ -82,10 +73,12 @@ def evaluate_workdir(workdir: str) -> dict:
 
 
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 1000, seed: int = 0,
-                   rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None) -> dict:
+                   rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+                   step: int | None = None, **unused) -> dict:
   """Samples a run into `out` (.npz: samples, nfe, solver, rtol, atol, steps, seed) and a PNG."""
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
-  run, params, step = run_lib.load(workdir)
+  del unused
+  run, params, step = run_lib.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
   x0 = toys.sample(source, jax.random.PRNGKey(seed), num)
   x1, info = generate(run.model, params, x0, solver, rtol=rtol, atol=atol, steps=steps)

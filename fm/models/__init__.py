@@ -1,7 +1,9 @@
 """Velocity networks `v_theta(t, x)` as Flax Linen modules, one registry.
 
-`model = make("mlp", dim=2, width=64, depth=3, activation="selu")`; call it as
-`model.apply(params, t, x)` with t `[B]` and x `[B, *shape]`.
+`model = make("mlp", width=64, depth=3, activation="selu")`; call it as
+`model.apply(params, t, x)` with t `[B]` and x `[B, *shape]` (deterministic), or
+`model.apply(params, t, x, train=True, rngs={"dropout": key})` in training.
+Options are the module's attributes; `make` refuses unknown ones.
 """
 from __future__ import annotations
 
@@ -24,4 +26,7 @@ def make(name: str, **kwargs):
   bad = set(kwargs) - fields
   if bad:
     raise ValueError(f"model {name!r} got unknown argument(s) {sorted(bad)}; valid: {sorted(fields)}")
-  return cls(**kwargs)
+  module = cls(**kwargs)
+  if hasattr(module, "check"):   # the module validates its own option values
+    module.check()
+  return module

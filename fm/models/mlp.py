@@ -17,26 +17,39 @@ class MLP(nn.Module):
   appended to the flattened input as one more feature.
 
   Attributes:
-    dim: number of features of a flattened sample (2 for toys).
+    dim: number of features of a flattened sample; None infers it from `x`.
     width: hidden units per layer.
     depth: number of hidden layers.
     activation: one of `ACTIVATIONS`.
   """
-  dim: int = 2
+  dim: int | None = None
   width: int = 64
   depth: int = 3
   activation: str = "selu"
 
+  def check(self) -> None:
+    """ValueError naming a bad option (called by `fm.models.make`)."""
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    for name in ("width", "depth"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"MLP {name} must be a positive integer, got {value!r}")
+
   @nn.compact
-  def __call__(self, t, x):
-    """t: `[B]` or scalar; x: `[B, *shape]` with prod(shape) == dim. Returns `[B, *shape]`."""
+  def __call__(self, t, x, train: bool = False):
+    """t: `[B]` or scalar; x: `[B, *shape]`. Returns `[B, *shape]`; `train` is unused (no dropout)."""
+    del train
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[self.activation]
     batch = x.shape[0]
     h = x.reshape(batch, -1)
     t = jnp.broadcast_to(jnp.asarray(t, h.dtype), (batch,))
+    dim = h.shape[1] if self.dim is None else self.dim
+    if dim != h.shape[1]:
+      raise ValueError(f"MLP built for dim={self.dim} got samples of shape {x.shape[1:]}")
     h = jnp.concatenate([h, t[:, None]], axis=1)
     for _ in range(self.depth):
       h = act(nn.Dense(self.width)(h))
-    return nn.Dense(self.dim)(h).reshape(x.shape)
+    return nn.Dense(dim)(h).reshape(x.shape)

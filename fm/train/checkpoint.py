@@ -10,21 +10,26 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "latest_step", "checkpoint_dir"]
+__all__ = ["Checkpointer", "latest_step", "all_steps", "checkpoint_dir"]
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def latest_step(workdir: str) -> int | None:
-  """The latest finished checkpoint step, or None; does not create anything."""
+def all_steps(workdir: str) -> list[int]:
+  """Finished checkpoint steps, ascending; does not create anything."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    return None
-  steps = [int(d) for d in os.listdir(directory)
-           if d.isdigit() and os.path.isdir(os.path.join(directory, d))]
-  return max(steps) if steps else None
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def latest_step(workdir: str) -> int | None:
+  """The latest finished checkpoint step, or None; does not create anything."""
+  steps = all_steps(workdir)
+  return steps[-1] if steps else None
 
 
 class Checkpointer:

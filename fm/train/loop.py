@@ -24,8 +24,10 @@ import numpy as np
 import tqdm
 
 from fm import config as config_lib
-from fm.data import toys
-from fm.train import checkpoint, reflow, run as run_lib, step as step_lib
+from fm import data as data_lib
+from fm.data import pairs as pairs_lib
+from fm.train import checkpoint, reflow, run as run_lib, step as step_lib, tensorboard
+from fm.train import state as state_lib
 
 __all__ = ["train_and_evaluate", "train", "prepare", "TrainingError", "Preempted"]
 
@@ -65,7 +67,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
   elif checkpoint.latest_step(workdir) is not None:
     raise config_lib.ConfigError(f"workdir {workdir!r} has checkpoints but no config.json")
   if config.reflow.teacher:
-    reflow.check_teacher(config.reflow.teacher, config.data.task)
+    reflow.check_teacher(config.reflow.teacher, config.data)
   return config
 
 
@@ -97,18 +99,18 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   tc = config.train
   os.makedirs(workdir, exist_ok=True)
   _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
-  run = run_lib.build(config)
-  source, target = toys.parse_task(config.data.task)
-
-  data = None
+  name, options = data_lib.split_options(config_lib.to_dict(config.data))
+  source = data_lib.make(name, tc.batch_size, **options)
   if config.reflow.teacher:
-    data = reflow.load_or_make_pairs(
-        workdir, config.reflow.teacher, source, config.reflow.num_pairs, config.seed,
+    pairs = reflow.load_or_make_pairs(
+        workdir, config.reflow.teacher, source.sample_x0, config.reflow.num_pairs, config.seed,
         solver=config.reflow.solver, rtol=config.reflow.rtol, atol=config.reflow.atol,
         steps=config.reflow.steps)
-    batch_fn = step_lib.pair_batches(tc.batch_size)
-  else:
-    batch_fn = step_lib.toy_batches(source, target, tc.batch_size)
+    source = pairs_lib.source(source, pairs, tc.batch_size,
+                              f"reflow pairs from teacher {config.reflow.teacher} on {source.description}")
+  run_lib.write_source_info(workdir, source)
+  run = run_lib.build(config, source.shape)
+  data = source.data
 
   # Data parallelism: batch sharded over all devices, state replicated.
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -116,13 +118,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   data_sharding = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
                    if jax.device_count() > 1 else None)
 
-  def loss_fn(params, key, x0, x1):
-    return run.method.loss(run.model.apply, params, key, x0, x1)
-
+  lr_schedule = state_lib.make_schedule(tc.lr, tc.steps, tc.schedule, tc.warmup_steps)
   multi_step = jax.jit(
-      step_lib.make_multi_step(loss_fn, run.optimizer, batch_fn, tc.ema_decay, data_sharding),
+      step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, source.batch_fn, tc.ema_decay,
+                               data_sharding),
       donate_argnums=0)
-
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   abstract = jax.eval_shape(run.init_state)
   abstract = jax.tree_util.tree_map(
@@ -137,6 +137,10 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     data = jax.device_put(data, replicated)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _trim_metrics(metrics_path, start)
+  from fm import evaluate  # pylint: disable=g-import-not-at-top
+  evaluators = evaluate.periodic(run, source, config, workdir)
+  eval_every = config.eval.get("every", 0) if evaluators else 0
+  writer = tensorboard.Writer(workdir, enabled=config.train.get("tensorboard", True))
 
   stop = {"signum": None}
   def on_signal(signum, frame):
@@ -171,9 +175,12 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       row[k] = float(sum(float(s["sums"][k]) for s in stats_list) / max(count, 1))
     now = time.time()
     row["steps_per_sec"] = (at_step - last_step) / max(now - last_time, 1e-9)
+    row["examples_per_sec"] = row["steps_per_sec"] * tc.batch_size
+    row["lr"] = float(lr_schedule(at_step - 1))
     last_time, last_step = now, at_step
     with open(metrics_path, "a") as f:
       f.write(json.dumps(row) + "\n")
+    writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
     if bar.disable:
       log.info("step %d loss %.5f (%.0f steps/s)", at_step, row["loss"], row["steps_per_sec"])
@@ -184,7 +191,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
                    unit="step", dynamic_ncols=True, disable=None) as bar:
       while step < tc.steps and stop["signum"] is None:
         end = min(step + tc.steps_per_call, _next_multiple(step, tc.log_every),
-                  _next_multiple(step, tc.checkpoint_every), tc.steps)
+                  _next_multiple(step, tc.checkpoint_every), tc.steps,
+                  _next_multiple(step, eval_every) if eval_every else tc.steps)
         state, stats = multi_step(state, np.int32(end - step), data)
         bar.update(end - step)
         pending.append(stats)
@@ -200,6 +208,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
             to_log = None
           fetch(pending)
           ckpt.save(end, state)
+        if eval_every and end % eval_every == 0:
+          for evaluator in evaluators:
+            writer.scalars(evaluator(end, state.ema_params, writer), end)
       if to_log is not None:
         write_metrics(to_log[0], fetch(to_log[1]))
       if stop["signum"] is not None:
@@ -208,6 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
         raise Preempted(step, stop["signum"])
   finally:
     ckpt.close()
+    writer.close()
     for s, h in old_handlers.items():
       signal.signal(s, h)
   return state

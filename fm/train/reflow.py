@@ -6,7 +6,7 @@ ONCE, before training, with the teacher's EMA parameters and `reflow.solver`
 `reflow.steps`), and stored in `workdir/reflow_pairs.npz` (written atomically).
 The train step then draws minibatch indices from `fold_in(key, step)` inside the
 jitted step, so training stays deterministic and a resumed run reuses the same
-pairs. z0 comes from the task's source distribution under the student's seed.
+pairs. z0 comes from the data source's x0 distribution under the student's seed.
 """
 from __future__ import annotations
 
@@ -18,32 +18,33 @@ import numpy as np
 
 from fm import solvers
 from fm import config as config_lib
-from fm.data import toys
 from fm.train import run as run_lib
 
 __all__ = ["PAIRS_FILE", "check_teacher", "make_pairs", "load_or_make_pairs"]
 
 PAIRS_FILE = "reflow_pairs.npz"
-_CHUNK = 10_000  # teacher samples per solver call (bounds memory)
+_CHUNK_POINTS = 10_000  # teacher samples per solver call for low-dimensional data (bounds memory)
+_CHUNK_IMAGES = 256     # ... and for images (network activations dominate)
 
 
-def check_teacher(teacher: str, task: str) -> None:
-  """ConfigError unless `teacher` is a finished run on the same `task`."""
+def check_teacher(teacher: str, data) -> None:
+  """ConfigError unless `teacher` is a finished run on the same data (`config.data`)."""
   try:
     run_lib.check_workdir(teacher)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"bad value {teacher!r} for config key 'reflow.teacher': {e}") from e
-  import json  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(teacher, "config.json")) as f:
-    teacher_task = json.load(f)["data"]["task"]
-  if teacher_task != task:
-    raise config_lib.ConfigError(f"reflow teacher {teacher!r} was trained on task {teacher_task!r} "
-                                 f"but data.task is {task!r}; they must match")
+  teacher_data = config_lib.to_dict(run_lib.load_config(teacher).data)
+  changed = config_lib.diff(teacher_data, config_lib.to_dict(data))
+  if changed:
+    k = changed[0]
+    raise config_lib.ConfigError(
+        f"reflow teacher {teacher!r} was trained with data.{k}={config_lib.flatten(teacher_data).get(k)!r} "
+        f"but this run has data.{k}={config_lib.flatten(config_lib.to_dict(data)).get(k)!r}; they must match")
 
 
-def make_pairs(teacher: str, source: str, num_pairs: int, key: jax.Array, solver: str = "dopri5",
+def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: str = "dopri5",
                rtol: float = 1e-5, atol: float = 1e-5, steps: int = 100) -> dict[str, np.ndarray]:
-  """`{"z0": [N, 2], "z1": [N, 2], "nfe": [chunks]}` from the teacher's EMA flow."""
+  """`{"z0": [N, *shape], "z1": [N, *shape], "nfe": [chunks]}` from the teacher's EMA flow."""
   run, params, _ = run_lib.load(teacher)
   kwargs = {"rtol": rtol, "atol": atol} if solver in solvers.ADAPTIVE else {"steps": steps}
 
@@ -52,22 +53,23 @@ def make_pairs(teacher: str, source: str, num_pairs: int, key: jax.Array, solver
     z1, info = solvers.integrate(run_lib.velocity(run.model, params), z0, solver=solver, **kwargs)
     return z1, info["nfe"]
 
-  z0 = toys.sample(source, key, num_pairs)
+  z0 = sample_x0(key, num_pairs)
+  chunk = _CHUNK_POINTS if int(np.prod(run.shape)) <= 16 else _CHUNK_IMAGES
   z1, nfe = [], []
-  for i in range(0, num_pairs, _CHUNK):
-    out, n = push(params, z0[i:i + _CHUNK])
+  for i in range(0, num_pairs, chunk):
+    out, n = push(params, z0[i:i + chunk])
     z1.append(np.asarray(out))
     nfe.append(int(n))
   return {"z0": np.asarray(z0), "z1": np.concatenate(z1), "nfe": np.asarray(nfe)}
 
 
-def load_or_make_pairs(workdir: str, teacher: str, source: str, num_pairs: int, seed: int,
+def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, seed: int,
                        **solver_kwargs) -> dict[str, jax.Array]:
   """Loads `workdir/reflow_pairs.npz`, or generates and stores it first."""
   path = os.path.join(workdir, PAIRS_FILE)
   if not os.path.exists(path):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EF10)
-    pairs = make_pairs(teacher, source, num_pairs, key, **solver_kwargs)
+    pairs = make_pairs(teacher, sample_x0, num_pairs, key, **solver_kwargs)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **pairs)
     os.replace(tmp, path)

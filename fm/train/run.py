@@ -1,8 +1,10 @@
 """A run's pieces from its config, and loading a run's EMA parameters from a workdir.
 
-`build(config)` gives the model, method, optimizer and initial-state function
-that training, sampling, evaluation and reflow all share, so a workdir's
-`config.json` is enough to rebuild the exact state structure for restoring.
+`build(config, shape)` gives the model, method, optimizer and initial-state
+function that training, sampling, evaluation and reflow all share. A workdir's
+`config.json` and `source.json` (the example shape, kind and provenance of the
+training data, written when training starts) are enough to rebuild the exact
+state structure for restoring, without loading the data.
 """
 from __future__ import annotations
 
@@ -20,38 +22,92 @@ from fm import methods, models
 from fm import config as config_lib
 from fm.train import checkpoint, state as state_lib
 
-__all__ = ["Run", "build", "load", "check_workdir", "velocity"]
+__all__ = ["Run", "build", "load", "check_workdir", "velocity", "model_kwargs", "method_kwargs",
+           "read_source_info", "write_source_info", "loss_fn", "load_config", "SOURCE_FILE"]
+
+SOURCE_FILE = "source.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   config: ml_collections.ConfigDict
+  shape: tuple[int, ...]
   model: Any
   method: methods.Method
   optimizer: optax.GradientTransformation
   init_state: Callable[[], state_lib.TrainState]
 
 
-def build(config: ml_collections.ConfigDict) -> Run:
-  """Model, method, optimizer and `init_state()` for a validated config."""
-  model = models.make(config.model.name, dim=2, width=config.model.width,
-                      depth=config.model.depth, activation=config.model.activation)
-  method = methods.make(config.method, sigma=config.sigma, time_sampler=config.time_sampler)
+def _hashable(v):
+  return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The model's options: `config.model` without `name` (lists made tuples, so the module hashes)."""
+  return {k: _hashable(v) for k, v in config_lib.to_dict(config.model).items() if k != "name"}
+
+
+def method_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`methods.make` arguments: sigma, time sampler (+ its options), coupling options that are set."""
+  d = config_lib.to_dict(config)
+  time_kwargs = {k: v for k, v in d.get("time", {}).items() if v is not None}
+  coupling = {k: v for k, v in d.get("coupling", {}).items() if v is not None}
+  return dict(sigma=d.get("sigma"), time_sampler=d.get("time_sampler", "uniform"),
+              time_kwargs=time_kwargs, **coupling)
+
+
+def build(config: ml_collections.ConfigDict, shape: tuple[int, ...] = (2,)) -> Run:
+  """Model, method, optimizer and `init_state()` for a validated config and example shape."""
+  shape = tuple(int(s) for s in shape)
+  model = models.make(config.model.name, **model_kwargs(config))
+  method = methods.make(config.method, **method_kwargs(config))
   tc = config.train
   optimizer = state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay)
 
   def init_fn(key):
-    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, 2)))
+    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)))
 
-  return Run(config, model, method, optimizer,
+  return Run(config, shape, model, method, optimizer,
              lambda: state_lib.create(init_fn, optimizer, config.seed))
+
+
+def loss_fn(run: Run):
+  """`loss_fn(params, key, x0, x1)` of the run's method; dropout draws from `fold_in(key, 0xD0)`."""
+  def f(params, key, x0, x1):
+    k_dropout = jax.random.fold_in(key, 0xD0)
+
+    def apply_fn(p, t, x):
+      return run.model.apply(p, t, x, train=True, rngs={"dropout": k_dropout})
+    return run.method.loss(apply_fn, params, key, x0, x1)
+  return f
+
+
+def write_source_info(workdir: str, source) -> None:
+  """Records the training data's shape, kind and provenance in `workdir/source.json`."""
+  info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
+          "description": source.description}
+  path = os.path.join(workdir, SOURCE_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(info, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def read_source_info(workdir: str) -> dict[str, Any]:
+  """`source.json` of a run (a 2D toy run from before it existed: shape [2], kind points)."""
+  path = os.path.join(workdir, SOURCE_FILE)
+  if not os.path.isfile(path):
+    return {"name": "toy", "shape": [2], "kind": "points", "description": "fm.data.toys (generated)"}
+  with open(path) as f:
+    return json.load(f)
 
 
 def check_workdir(workdir: str) -> int:
   """Raises ConfigError unless `workdir` holds a config.json and a checkpoint; returns its step."""
-  if not os.path.isdir(workdir):
+  if not os.path.exists(workdir):
     raise config_lib.ConfigError(f"workdir {workdir!r} does not exist")
+  if not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir!r} is a file, not a run directory")
   if not os.path.isfile(os.path.join(workdir, "config.json")):
     raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json (not an fm training run)")
   step = checkpoint.latest_step(workdir)
@@ -60,12 +116,19 @@ def check_workdir(workdir: str) -> int:
   return step
 
 
-def load(workdir: str) -> tuple[Run, Any, int]:
-  """`(run, ema_params, step)` of the latest checkpoint in `workdir`."""
-  step = check_workdir(workdir)
+def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  run = build(config)
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load(workdir: str, step: int | None = None) -> tuple[Run, Any, int]:
+  """`(run, ema_params, step)` of checkpoint `step` (default: the latest) in `workdir`."""
+  latest = check_workdir(workdir)
+  step = latest if step is None else step
+  if step not in checkpoint.all_steps(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint at step {step}; "
+                                 f"saved steps: {', '.join(map(str, checkpoint.all_steps(workdir)))}")
+  run = build(load_config(workdir), read_source_info(workdir)["shape"])
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   state = ckpt.restore(jax.eval_shape(run.init_state), step)
   ckpt.close()
@@ -73,7 +136,7 @@ def load(workdir: str) -> tuple[Run, Any, int]:
 
 
 def velocity(model, params) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`v(t, x)` with scalar t, as the solvers expect."""
+  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout)."""
   def v(t, x):
     return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x)
   return v

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["TrainState", "make_optimizer", "create"]
+__all__ = ["TrainState", "make_optimizer", "make_schedule", "create"]
 
 
 @flax.struct.dataclass
@@ -26,10 +26,8 @@ class TrainState:
   key: jax.Array
 
 
-def make_optimizer(lr: float, steps: int, optimizer: str = "adam", schedule: str = "constant",
-                   warmup_steps: int = 0, grad_clip: float = 0.0,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """Adam(W) with linear warmup then a constant or cosine (to 0 at `steps`) learning rate.
+def make_schedule(lr: float, steps: int, schedule: str = "constant", warmup_steps: int = 0):
+  """Linear warmup from 0 over `warmup_steps`, then constant or cosine (to 0 at `steps`).
 
   The schedule depends on `steps` only for "cosine", so raising `train.steps`
   to continue a constant-schedule run leaves the computation unchanged.
@@ -43,6 +41,14 @@ def make_optimizer(lr: float, steps: int, optimizer: str = "adam", schedule: str
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(steps, warmup_steps + 1))
   else:
     raise ValueError(f"unknown schedule {schedule!r}; valid: constant, cosine")
+  return sched
+
+
+def make_optimizer(lr: float, steps: int, optimizer: str = "adam", schedule: str = "constant",
+                   warmup_steps: int = 0, grad_clip: float = 0.0,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam(W) with the learning rate of `make_schedule`, after optional global-norm clipping."""
+  sched = make_schedule(lr, steps, schedule, warmup_steps)
   if optimizer == "adam":
     opt = optax.adam(sched)
   elif optimizer == "adamw":

@@ -6,8 +6,9 @@ executable) optimiser steps in a `lax.while_loop`. Step `s` draws its batch and
 loss randomness from `fold_in(state.key, s)`, inside the jitted function, so there
 is no data-loader state and a restored checkpoint replays the run bit for bit.
 
-A step whose loss or gradient norm is not finite is not applied: the loop stops
-and `stats["failed"]` is set, leaving `state` at the last good step.
+A step whose loss, gradient norm or updated parameters are not all finite is not
+applied: the loop stops and `stats["failed"]` is set, leaving `state` at the last
+good step (so a checkpoint can never hold non-finite parameters).
 """
 from __future__ import annotations
 
@@ -17,30 +18,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fm.data import toys
+from fm.data.base import BatchFn
 from fm.train.state import TrainState
 
-__all__ = ["make_multi_step", "toy_batches", "pair_batches"]
-
-# batch_fn(key, data) -> (x0 [B, d], x1 [B, d])
-BatchFn = Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
+__all__ = ["make_multi_step", "finite"]
 
 
-def toy_batches(source: str, target: str, batch_size: int) -> BatchFn:
-  """Fresh source and target samples from the toy samplers."""
-  def batch_fn(key, data):
-    del data
-    k0, k1 = jax.random.split(key)
-    return toys.sample(source, k0, batch_size), toys.sample(target, k1, batch_size)
-  return batch_fn
-
-
-def pair_batches(batch_size: int) -> BatchFn:
-  """Minibatches of stored pairs `data = {"z0": [N, d], "z1": [N, d]}` (reflow)."""
-  def batch_fn(key, data):
-    idx = jax.random.randint(key, (batch_size,), 0, data["z0"].shape[0])
-    return data["z0"][idx], data["z1"][idx]
-  return batch_fn
+def finite(tree) -> jax.Array:
+  """True iff every element of every array in `tree` is finite (one fused reduction)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, batch_fn: BatchFn,
@@ -48,7 +36,8 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, batch_fn: 
   """Builds the (unjitted) multi-step function; `jax.jit(f, donate_argnums=0)` it.
 
   Args:
-    loss_fn: `loss_fn(params, key, x0, x1) -> (loss, aux)` with aux a dict of scalars.
+    loss_fn: `loss_fn(params, key, x0, x1) -> (loss, aux)` with aux a dict of scalars;
+      `key` is the step's loss key (the model's dropout may fold its own stream from it).
     optimizer: optax transformation.
     batch_fn: `batch_fn(key, data) -> (x0, x1)`.
     ema_decay: EMA decay of `ema_params`.
@@ -63,9 +52,9 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, batch_fn: 
       x1 = jax.lax.with_sharding_constraint(x1, data_sharding)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, k_loss, x0, x1)
     grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & finite(params)
     ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                                  state.ema_params, params)
     new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)

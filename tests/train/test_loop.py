@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fm import methods
+from fm.data import toys
 from fm.train import checkpoint, loop, run as run_lib, step as step_lib
 from train.helpers import restore_state, tiny_config
 
@@ -75,7 +76,7 @@ def test_multi_step_compiles_once():
     return run.method.loss(run.model.apply, params, key, x0, x1)
 
   fn = chex.assert_max_traces(
-      step_lib.make_multi_step(loss_fn, run.optimizer, step_lib.toy_batches("gaussian", "moons", 16), 0.99),
+      step_lib.make_multi_step(loss_fn, run.optimizer, toys.make_source(16, "gaussian->moons").batch_fn, 0.99),
       n=1)
   jitted = jax.jit(fn, donate_argnums=0)
   state = run.init_state()

@@ -1,0 +1,133 @@
+"""CIFAR-10 flow matching: TorchCFM's recipe (ADM UNet 35.7M params), a DiT-S/2 variant, a CPU smoke run.
+
+Commands:
+
+  fm train --config configs/cifar10.py --workdir runs/c10-ot --config.method=otcfm
+  fm train --config configs/cifar10.py:dit --workdir runs/c10-dit
+  fm train --config configs/cifar10.py:smoke --workdir runs/smoke     # tiny UNet, minutes on a 2-core CPU
+  fm sample --workdir runs/c10-ot --solver dopri5 --rtol 1e-5 --atol 1e-5 --num 50000 --out samples.npz
+  fm sample --workdir runs/c10-ot --solver euler --steps 100 --num 64 --seed 0 --out grid.npz
+
+Data: `data.path` is an image folder or a tarball of one (class sub-folders,
+`train/` and `test/` splits), read once into a uint8 cache and held on device;
+the default is the offline JPEG copy `../shared/data/cifar10-jpeg.tar.gz` (a
+JPEG re-encoding: its FID is NOT comparable with published CIFAR-10 numbers).
+`--config.data.path= --config.data.dataset=cifar10` reads tensorflow-datasets
+instead (online users; `pip install fm[tfds]` to download and prepare).
+
+Default (TorchCFM's `train_cifar10.py`): UNet 128 ch, 2 res blocks, mult
+(1, 2, 2, 2), attention at 16x16, 64-channel heads, dropout 0.1; Adam 2e-4,
+linear warmup 5000 steps then constant, gradient clipping 1.0, batch 128,
+400k steps, EMA 0.9999, sigma = 0, uniform t, random horizontal flips.
+Expected: TorchCFM reports FID 3.5 (OT-CFM, dopri5 at 1e-5, 50k samples vs the
+CIFAR-10 train set, clean-fid legacy_tensorflow) after 400k steps on one GPU
+(~60 h on a V100). This session had no GPU: the full recipe was not run here.
+
+Variants (`--config configs/cifar10.py:VARIANT`):
+  dit    DiT-S/2 (depth 12, hidden 384, 6 heads, patch 2), bfloat16 compute.
+  smoke  a tiny UNet (32 ch, mult (1, 2), 1 res block, attention at 8x8) on
+         16x16 downscaled images, 600 steps at batch 32: a few minutes on a
+         2-core CPU; rough but recognisable colour blobs.
+"""
+import os
+
+import ml_collections
+
+_SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                       "cifar10-jpeg.tar.gz")
+
+
+def get_config(variant=None):
+  c = ml_collections.ConfigDict()
+  c.method = "icfm"            # one of fm.methods.NAMES
+  c.sigma = 0.0                # TorchCFM's CIFAR recipe: sigma = 0
+  c.time_sampler = "uniform"   # "uniform" | "logit_normal"
+  c.seed = 0
+  c.time = ml_collections.ConfigDict({"m": None, "s": None})  # logit_normal location, scale
+  c.coupling = ml_collections.ConfigDict({
+      "solver": None, "epsilon": None, "relative": None, "threshold": None,
+      "max_iterations": None, "replace": None,
+  })
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "images"
+  c.data.path = os.path.normpath(_SHARED)  # image folder or tarball; "" = data.dataset via tfds
+  c.data.dataset = "cifar10"               # tensorflow-datasets name, used when data.path is ""
+  c.data.split = "train"
+  c.data.hflip = True
+  c.data.image_size = 0                    # 0 = as stored; else downscale once (area filter)
+  c.data.limit = 0                         # 0 = all images; else the first N (sorted)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"
+  c.model.num_channels = 128
+  c.model.num_res_blocks = 2
+  c.model.channel_mult = (1, 2, 2, 2)
+  c.model.attention_resolutions = (16,)
+  c.model.num_heads = 4
+  c.model.num_head_channels = 64
+  c.model.dropout = 0.1
+  c.model.dtype = "float32"                # "bfloat16": bf16 compute, float32 params and norms
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 400_000
+  c.train.batch_size = 128
+  c.train.lr = 2e-4
+  c.train.optimizer = "adam"
+  c.train.weight_decay = 0.0
+  c.train.schedule = "constant"
+  c.train.warmup_steps = 5000
+  c.train.grad_clip = 1.0
+  c.train.ema_decay = 0.9999
+  c.train.steps_per_call = 100
+  c.train.log_every = 100
+  c.train.checkpoint_every = 5000
+  c.train.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 5000         # fixed-noise sample grid (PNG + TensorBoard) every N steps; 0 = never
+  c.eval.grid_steps = 20      # Euler steps of that grid
+  c.eval.num_samples = 64     # end-of-training dopri5 samples (grid, NFE)
+  c.eval.batch_size = 256
+  c.eval.seed = 0
+  c.eval.rtol = 1e-5
+  c.eval.atol = 1e-5
+  c.eval.at_end = True
+
+  c.reflow = ml_collections.ConfigDict()
+  c.reflow.teacher = ""
+  c.reflow.num_pairs = 50_000
+  c.reflow.solver = "dopri5"
+  c.reflow.rtol = 1e-5
+  c.reflow.atol = 1e-5
+  c.reflow.steps = 100
+
+  if variant in (None, ""):
+    pass
+  elif variant == "dit":
+    c.model = ml_collections.ConfigDict({"name": "dit", "size": "S/2", "dtype": "bfloat16"})
+    c.train.grad_clip = 1.0
+  elif variant == "smoke":
+    c.data.image_size = 16
+    c.model.num_channels = 32
+    c.model.num_res_blocks = 1
+    c.model.channel_mult = (1, 2)
+    c.model.attention_resolutions = (8,)
+    c.model.num_heads = 1
+    c.model.num_head_channels = -1
+    c.model.dropout = 0.0
+    c.train.steps = 600
+    c.train.batch_size = 32
+    c.train.lr = 1e-3
+    c.train.warmup_steps = 50
+    c.train.ema_decay = 0.99
+    c.train.steps_per_call = 50
+    c.train.log_every = 50
+    c.train.checkpoint_every = 200
+    c.eval.every = 200
+    c.eval.num_samples = 64
+    c.eval.rtol = 1e-3
+    c.eval.atol = 1e-3
+  else:
+    raise ValueError(f"unknown variant {variant!r}; valid variants: dit, smoke")
+  return c

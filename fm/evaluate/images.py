@@ -1,0 +1,129 @@
+"""Image runs: sample grids, batched sampling into `.npz`/PNGs, the training-time grid.
+
+Samples are pushed from x0 ~ N(0, I) to t = 1 with the EMA parameters and mapped
+to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`sampling.to_uint8`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from fm import data as data_lib
+from fm.evaluate import sampling
+from fm.train import run as run_lib
+
+__all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
+
+
+def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
+  """`[n, H, W, C]` uint8 -> one `[rows (H + pad) + pad, cols (W + pad) + pad, C]` uint8 mosaic."""
+  n, h, w, c = images.shape
+  rows = -(-n // cols)
+  out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), fill, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = images[i]
+  return out
+
+
+def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> None:
+  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = make_grid(images, cols)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  img = Image.fromarray(grid)
+  if scale > 1:
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  tmp = path + ".tmp.png"
+  img.save(tmp)
+  os.replace(tmp, path)
+
+
+def grid_noise_key(seed: int) -> jax.Array:
+  """The fixed noise stream of training-time grids (never used by training)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 0x6121D)
+
+
+def _x0_sampler(workdir: str, run: run_lib.Run):
+  name, options = data_lib.split_options(run_lib.load_config(workdir).data.to_dict())
+  return data_lib.x0_sampler(name, run.shape, **options)
+
+
+def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64, seed: int = 0,
+                   rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+                   batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
+                   max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+  """Samples an image run into `out` (.npz) and an 8x8 grid `out.png`; optional one PNG per image.
+
+  The npz holds `samples` uint8 `[num, H, W, C]`, `nfe_total`, `nfe_per_batch`,
+  `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
+  `success` (False if any dopri5 batch hit its step limit).
+  """
+  run, params, step = run_lib.load(workdir, step)
+  samples, info = sampling.sample(
+      run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
+      solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
+      desc=f"sampling ({solver})")
+  record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
+            "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
+            "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"]}
+  tmp = out + ".tmp.npz"
+  np.savez(tmp, **record)
+  os.replace(tmp, out)
+  png = os.path.splitext(out)[0] + ".png"
+  save_grid(png, samples[:64])
+  if png_dir:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    os.makedirs(png_dir, exist_ok=True)
+    for i, img in enumerate(samples):
+      Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(png_dir, f"{i:06d}.png"))
+  return {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
+          "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
+
+
+class GridEvaluator:
+  """During training: a fixed-noise sample grid (Euler, EMA params) as PNG and to TensorBoard."""
+
+  def __init__(self, run: run_lib.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
+               seed: int = 0):
+    self.run, self.workdir, self.steps = run, workdir, steps
+    self.x0 = sampling.initial_points(sample_x0, grid_noise_key(seed), 0, num)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+
+  def __call__(self, step: int, ema_params, writer=None) -> dict[str, float]:
+    x1, info = sampling.generate(self.run.model, ema_params, self.x0, "euler", steps=self.steps)
+    images = sampling.to_uint8(jax.device_get(x1))
+    save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
+    if writer is not None:
+      writer.image("samples/euler", make_grid(images), step)
+    return {"grid_nfe": float(info["nfe"])}
+
+
+
+def evaluate_workdir(workdir: str) -> dict[str, Any]:
+  """End-of-training evaluation of an image run: dopri5 samples, their NFE and a grid; `eval.json`.
+
+  `eval.num_samples` samples from `eval.seed` at `eval.rtol` / `eval.atol` go to
+  `workdir/samples/eval_<step>.npz` with the grid beside it.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  config = run_lib.load_config(workdir)
+  ec = config.eval
+  step = run_lib.check_workdir(workdir)
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  out = os.path.join(workdir, "samples", f"eval_{step:08d}.npz")
+  info = sample_workdir(workdir, out, "dopri5", num=ec.num_samples, seed=ec.seed, rtol=ec.rtol,
+                        atol=ec.atol, batch_size=ec.get("batch_size", 256), progress=False)
+  result = {"step": step, "method": config.method, "data": run_lib.read_source_info(workdir)["description"],
+            "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
+            "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
+            "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
+  path = os.path.join(workdir, "eval.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return result
