@@ -1,4 +1,5 @@
-"""Data sources: 2D toy distributions (`toys`)."""
-from fm.data import toys
+"""Data sources: the `base.Source` interface, 2D toys (`toys`), image datasets (`images`, read
+from an image folder by `folder`)."""
+from fm.data import base, folder, images, toys
 
-__all__ = ["toys"]
+__all__ = ["base", "folder", "images", "toys"]
