@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo demo-images bench clean
 
 install: $(STAMP)
 
@@ -25,8 +25,12 @@ test-all: install
 demo: install
 	$(PY) experiments/toy2d/demo.py --workdir demo_out
 
+# Images on CPU: the smoke UNet with icfm and otcfm on the offline CIFAR-10 copy; grids side by side in demo_images/.
+demo-images: install
+	$(PY) experiments/images/demo.py --workdir demo_images
+
 bench: install
 	bash experiments/benchmarks/run.sh
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_images .pytest_cache

@@ -115,6 +115,19 @@ def _sweep(args, overrides):
   del rows
 
 
+def _import_torchcfm(args, overrides):
+  from fm.io import torchcfm  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides, workdir_fallback=False)
+  try:
+    shape = tuple(int(s) for s in args.image_shape.split(","))
+    if len(shape) != 3 or min(shape) < 1:
+      raise ValueError
+  except ValueError:
+    raise UsageError(f"--image-shape must be H,W,C like 32,32,3, got {args.image_shape!r}") from None
+  info = torchcfm.import_checkpoint(args.checkpoint, config, args.workdir, shape)
+  print(f"imported {args.checkpoint} (step {info['step']}, {info['params']:,} parameters) into {info['workdir']}")
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="fm", description="Flow matching in JAX.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -157,6 +170,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
                  help="repeatable, e.g. --grid method=icfm,otcfm --grid seed=0,1,2")
   p.set_defaults(fn=_sweep)
+
+  p = sub.add_parser("import-torchcfm", help="turn a TorchCFM CIFAR-10 checkpoint (.pt) into an fm workdir",
+                     description="Read a TorchCFM checkpoint (net_model and ema_model state dicts; torch is not "
+                                 "needed) into a new WORKDIR that fm sample and fm eval use like any run.")
+  p.add_argument("checkpoint", help="TorchCFM .pt file, e.g. otcfm_cifar10_weights_step_400000.pt")
+  p.add_argument("--config", required=True, help="config whose model matches the checkpoint (configs/cifar10.py)")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--image-shape", default="32,32,3", help="H,W,C of the images (default 32,32,3)")
+  p.set_defaults(fn=_import_torchcfm)
   return parser
 
 

@@ -19,7 +19,7 @@ from fm.data.base import Source
 
 __all__ = ["Source", "NAMES", "make", "check", "split_options", "x0_sampler"]
 
-_MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}
+_MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders: fm.data.folder
 NAMES = tuple(_MODULES)
 
 

@@ -1,0 +1,90 @@
+"""`fm import-torchcfm`: a TorchCFM CIFAR-10 checkpoint as an fm workdir.
+
+TorchCFM's `train_cifar10.py` saves `{"net_model", "ema_model", "optim",
+"sched", "step"}` with `torch.save`; its released files
+(`otcfm_cifar10_weights_step_400000.pt`, ...) are read here WITHOUT torch
+(`fm.io.torch_pickle`). Both state dicts are mapped into fm's UNet by
+`fm.models.unet.from_torch` (names as TorchCFM's `UNetModelWrapper`; a DDP
+"module." prefix is stripped). The workdir gets `config.json`, `source.json` and
+one orbax checkpoint at the file's step whose `params` and `ema_params` are the
+two networks; the Adam moments are not imported (a fresh optimizer state is
+stored, so continuing training from it is not TorchCFM's continuation).
+`fm sample` and `fm eval` then use it like any fm run (EMA by default).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fm import config as config_lib
+from fm.io import torch_pickle
+
+__all__ = ["import_checkpoint"]
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str,
+                      image_shape: tuple[int, int, int] = (32, 32, 3)) -> dict:
+  """Writes an fm workdir holding TorchCFM checkpoint `path`; returns a summary dict.
+
+  Raises `ConfigError` (one sentence) for a bad file, a model that is not the
+  UNet, state dicts that do not fit the config's UNet, or a non-empty workdir.
+  """
+  from fm.models import unet  # pylint: disable=g-import-not-at-top
+  from fm.train import checkpoint, run as run_lib  # pylint: disable=g-import-not-at-top
+  from fm.data.base import Source  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  if config.model.name != "unet":
+    raise config_lib.ConfigError(f"TorchCFM checkpoints hold an ADM UNet, but config model.name is "
+                                 f"{config.model.name!r}; use configs/cifar10.py")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f"checkpoint file {path!r} does not exist")
+  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+    raise config_lib.ConfigError(f"workdir {workdir!r} exists and is not an empty directory; "
+                                 f"import into a new workdir")
+  try:
+    obj = torch_pickle.load(path)
+    sds = {k: torch_pickle.state_dict(obj, key=k) for k in ("net_model", "ema_model")}
+  except ValueError as e:
+    raise config_lib.ConfigError(f"cannot import {path!r}: {e}") from e
+  step = int(obj.get("step", 0)) if isinstance(obj, dict) else 0
+
+  run = run_lib.build(config, image_shape)
+  try:
+    params = unet.from_torch(run.model, sds["net_model"], image_shape=image_shape)
+    ema = unet.from_torch(run.model, sds["ema_model"], image_shape=image_shape)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"checkpoint {path!r} does not fit the config's UNet: {e}") from e
+  state = run.init_state()
+  as_jnp = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), tree)
+  params, ema = as_jnp(params), as_jnp(ema)
+  state = state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema,
+                        opt_state=run.optimizer.init(params))
+  config = config_lib.apply_overrides(config, [("train.steps", str(max(step, 1)))])
+
+  os.makedirs(workdir, exist_ok=True)
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
+  sha = _sha256(path)
+  run_lib.write_source_info(workdir, Source(
+      name="images", shape=tuple(image_shape), batch_fn=None, data=None, sample_x0=None, kind="images",
+      description=f"imported TorchCFM checkpoint {os.path.basename(path)} (sha256 {sha[:16]}); "
+                  f"trained by TorchCFM on its CIFAR-10 data"))
+  ckpt = checkpoint.Checkpointer(workdir)
+  ckpt.save(step, state)
+  ckpt.close()
+  n_params = int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(params)))
+  return {"workdir": workdir, "step": step, "params": n_params, "sha256": sha}
