@@ -37,7 +37,7 @@ import tqdm
 from fm.data import folder
 from fm.data.base import Source
 
-__all__ = ["load", "source", "image_batches", "downscale", "to_float", "to_uint8",
+__all__ = ["check_options", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
            "default_cache_dir"]
 
 _CACHE_FORMAT = 1
