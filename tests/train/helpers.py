@@ -65,6 +65,7 @@ def restore_state(workdir, config):
   import jax  # pylint: disable=g-import-not-at-top
   from fm.train import checkpoint, run as run_lib  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(workdir)
-  state = ckpt.restore(jax.eval_shape(run_lib.build(config).init_state))
+  shape = run_lib.read_source_info(workdir)["shape"]
+  state = ckpt.restore(jax.eval_shape(run_lib.build(config, shape).init_state))
   ckpt.close()
   return state
