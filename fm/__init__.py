@@ -2,9 +2,10 @@
 
 Submodules by concept: `paths` (probability paths), `couplings` (minibatch
 pairings), `methods` (coupling + path = a named method with a loss), `solvers`
-(ODE integration with exact NFE), `data`, `models`, `metrics`.
+(ODE integration with exact NFE), `likelihood` (CNF log-density, bits/dim),
+`data`, `models`, `metrics`.
 """
-from fm import couplings, data, methods, metrics, models, paths, solvers
+from fm import couplings, data, likelihood, methods, metrics, models, paths, solvers
 
-__all__ = ["couplings", "data", "methods", "metrics", "models", "paths", "solvers"]
+__all__ = ["couplings", "data", "likelihood", "methods", "metrics", "models", "paths", "solvers"]
 __version__ = "0.1.0"
