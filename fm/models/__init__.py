@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from fm.models.dit import DiT
 from fm.models.mlp import MLP
 
-__all__ = ["MLP", "make", "NAMES"]
+__all__ = ["DiT", "MLP", "make", "NAMES"]
 
-_REGISTRY = {"mlp": MLP}
+_REGISTRY = {"mlp": MLP, "dit": DiT}
 NAMES = tuple(_REGISTRY)
 
 
