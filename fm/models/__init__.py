@@ -1,17 +1,20 @@
 """Velocity networks `v_theta(t, x)` as Flax Linen modules, one registry.
 
 `model = make("mlp", dim=2, width=64, depth=3, activation="selu")`; call it as
-`model.apply(params, t, x)` with t `[B]` and x `[B, *shape]`.
+`model.apply(params, t, x)` with t `[B]` and x `[B, *shape]`; image nets (`make("unet", ...)`)
+take x `[B, H, W, C]`.
 """
 from __future__ import annotations
 
 import dataclasses
 
+from fm.models import unet
 from fm.models.mlp import MLP
+from fm.models.unet import UNet
 
-__all__ = ["MLP", "make", "NAMES"]
+__all__ = ["MLP", "UNet", "unet", "make", "NAMES"]
 
-_REGISTRY = {"mlp": MLP}
+_REGISTRY = {"mlp": MLP, "unet": UNet}
 NAMES = tuple(_REGISTRY)
 
 
