@@ -3,18 +3,21 @@
 `model = make("mlp", width=64, depth=3, activation="selu")`; call it as
 `model.apply(params, t, x)` with t `[B]` and x `[B, *shape]` (deterministic), or
 `model.apply(params, t, x, train=True, rngs={"dropout": key})` in training.
+Image nets (`make("unet", ...)`, `make("dit", ...)`) take x `[B, H, W, C]`.
 Options are the module's attributes; `make` refuses unknown ones.
 """
 from __future__ import annotations
 
 import dataclasses
 
+from fm.models import dit, unet
 from fm.models.dit import DiT
 from fm.models.mlp import MLP
+from fm.models.unet import UNet
 
-__all__ = ["DiT", "MLP", "make", "NAMES"]
+__all__ = ["DiT", "MLP", "UNet", "dit", "unet", "make", "NAMES"]
 
-_REGISTRY = {"mlp": MLP, "dit": DiT}
+_REGISTRY = {"mlp": MLP, "unet": UNet, "dit": DiT}
 NAMES = tuple(_REGISTRY)
 
 
