@@ -47,6 +47,7 @@ def get_config(variant=None):
   c.coupling = ml_collections.ConfigDict({
       "solver": None, "epsilon": None, "relative": None, "threshold": None,
       "max_iterations": None, "replace": None,
+      "scope": None,  # several devices: "global" (default) pairs the whole batch, "local" each shard
   })
 
   c.data = ml_collections.ConfigDict()

@@ -39,6 +39,7 @@ def get_config(variant=None):
       "threshold": None,       # sinkhorn / sb: marginal-error threshold (default 1e-3)
       "max_iterations": None,  # sinkhorn / sb (default 1000)
       "replace": None,         # sinkhorn / sb: draw pairs jointly with replacement (TorchCFM)
+      "scope": None,           # several devices: "global" (default) pairs the whole batch, "local" each shard
   })
 
   c.data = ml_collections.ConfigDict()

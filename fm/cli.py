@@ -127,6 +127,32 @@ def _import_torchcfm(args, overrides):
   info = torchcfm.import_checkpoint(args.checkpoint, config, args.workdir, shape)
   print(f"imported {args.checkpoint} (step {info['step']}, {info['params']:,} parameters) into {info['workdir']}")
 
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group("several processes (jax.distributed; SLURM / Open MPI / JAX_COORDINATOR_ADDRESS "
+                           "are detected without flags)")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="address of process 0's coordinator, or 'auto' for JAX's own detection (TPU pods)")
+  g.add_argument("--num-processes", type=int, default=None)
+  g.add_argument("--process-id", type=int, default=None)
+
+
+def _distributed(args) -> None:
+  """Starts jax.distributed from the flags or the environment (before any other JAX call)."""
+  from fm.train import partitioning  # pylint: disable=g-import-not-at-top
+  explicit = (args.num_processes, args.process_id)
+  if args.coordinator in (None, "auto"):
+    if any(v is not None for v in explicit):
+      raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
+  else:
+    if ":" not in args.coordinator:
+      raise UsageError(f"--coordinator must be HOST:PORT or auto, got {args.coordinator!r}")
+    if any(v is None for v in explicit):
+      raise UsageError("--coordinator HOST:PORT needs --num-processes N and --process-id I")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+      raise UsageError(f"--process-id must be in [0, {args.num_processes}) and --num-processes >= 1, "
+                       f"got {args.process_id} and {args.num_processes}")
+  partitioning.initialize(args.coordinator, args.num_processes, args.process_id)
+
 
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="fm", description="Flow matching in JAX.")
@@ -137,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--config", help="config file, optionally :variant (configs/toy2d.py:smoke); "
                                    "defaults to WORKDIR/config.json when resuming")
   p.add_argument("--workdir", required=True)
+  _add_distributed_flags(p)
   p.set_defaults(fn=_train)
 
   p = sub.add_parser("sample", help="sample a trained run with an ODE solver",
@@ -154,12 +181,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--batch-size", type=int, default=None, help="images per solver call (image runs; default 256)")
   p.add_argument("--png-dir", default=None, help="also write every image as a PNG here (image runs; for external FID tools)")
+  _add_distributed_flags(p)
   p.set_defaults(fn=_sample)
 
   p = sub.add_parser("eval", help="evaluate a trained run (writes WORKDIR/eval.json)",
                      description="W2 to held-out target samples (dopri5 and Euler), dopri5 NFE and "
                                  "normalised path energy of the run's latest EMA checkpoint.")
   p.add_argument("--workdir", required=True)
+  _add_distributed_flags(p)
   p.set_defaults(fn=_eval)
 
   p = sub.add_parser("sweep", help="grid of runs with a mean ± std table and a figure",
@@ -192,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command in ("sample", "eval"):
       raise UsageError(f"fm {args.command}: unrecognized arguments: {' '.join(extra)}")
     overrides = _split_overrides(extra)
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.distributed.initialize()
+    if args.command in ("train", "sample", "eval"):
+      _distributed(args)
     args.fn(args, overrides)
   except (UsageError, config_lib.ConfigError) as e:
     print(f"fm: error: {e}", file=sys.stderr)

@@ -71,7 +71,7 @@ class Method:
 
 
 def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
-         time_kwargs: dict[str, Any] | None = None, **coupling_kwargs) -> Method:
+         time_kwargs: dict[str, Any] | None = None, mesh=None, **coupling_kwargs) -> Method:
   """Builds a named method, e.g. `make("otcfm", sigma=0.0)`.
 
   Args:
@@ -80,8 +80,10 @@ def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
       default (`DEFAULT_SIGMA`). For "sbcfm" it also sets the entropic
       regularisation epsilon = 2 sigma^2 of the coupling. "rf" only takes 0.
     time_sampler: "uniform" or "logit_normal"; `time_kwargs` are its arguments.
+    mesh: data-parallel mesh the batch is sharded over (None: one device);
+      with `scope=` ("global" | "local") it says how the coupling pairs it.
     **coupling_kwargs: passed to the coupling (e.g. `solver=` for exact OT,
-      `threshold=` for sb).
+      `threshold=` for sb, `scope=`).
   """
   if name not in _SPEC:
     raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(NAMES)}")
@@ -93,6 +95,6 @@ def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
   path = paths.make(path_name, **path_kwargs)
   if coupling_name == "sb":
     coupling_kwargs = {"sigma": sigma, **coupling_kwargs}
-  coupling = couplings.make(coupling_name, **coupling_kwargs)
+  coupling = couplings.make(coupling_name, mesh=mesh, **coupling_kwargs)
   sampler = timesteps.make(time_sampler, **(time_kwargs or {}))
   return Method(name=name, coupling=coupling, path=path, time_sampler=sampler)

@@ -11,14 +11,15 @@ from typing import Any, Callable, Dict
 
 import jax
 
-from fm.couplings import base, exact, sinkhorn
+from fm.couplings import base, exact, scope, sinkhorn
 from fm.couplings.auction import auction
 from fm.couplings.base import Independent, pair_cost, sqdist
 from fm.couplings.exact import Exact, assignment, exact_plan
+from fm.couplings.scope import SCOPES, Scoped
 from fm.couplings.sinkhorn import SB, Sinkhorn
 
 __all__ = [
-    "NAMES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB",
+    "NAMES", "SCOPES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Scoped",
     "assignment", "exact_plan", "auction", "sqdist", "pair_cost",
 ]
 
@@ -31,12 +32,18 @@ _REGISTRY: Dict[str, Callable[..., Any]] = {
 NAMES = tuple(_REGISTRY)
 
 
-def make(name: str, **kwargs: Any):
+def make(name: str, scope: str = "global", mesh=None, **kwargs: Any):
   """Build a coupling `couple(key, x0, x1) -> (x0p, x1p, info)` by name.
 
+  `scope` ("global" or "local", see `fm.couplings.scope`) says how a batch
+  sharded over the data axis of `mesh` is paired; without a mesh the batch is
+  one shard and both scopes are the plain coupling.
+
   Raises:
-    ValueError: unknown `name` or keyword (the message lists valid choices).
+    ValueError: unknown `name`, scope or keyword (the message lists valid choices).
   """
+  if scope not in SCOPES:
+    raise ValueError(f"unknown coupling scope {scope!r}; valid: {', '.join(SCOPES)}")
   if name not in _REGISTRY:
     raise ValueError(f"unknown coupling {name!r}; valid choices: {NAMES}")
   cls = _REGISTRY[name]
@@ -47,7 +54,10 @@ def make(name: str, **kwargs: Any):
   if bad:
     raise ValueError(
         f"unknown argument(s) {bad} for coupling {name!r}; valid: {valid}")
-  return cls(**kwargs)
+  coupling = cls(**kwargs)
+  if mesh is None or name == "independent":
+    return coupling
+  return Scoped(coupling, mesh, scope)
 
 
 def plan(x0: jax.Array, x1: jax.Array, method: str = "exact", **kwargs: Any) -> jax.Array:

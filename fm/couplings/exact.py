@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import scipy.optimize
 
-from fm.couplings import base
+from fm.couplings import base, host
 from fm.couplings.auction import auction
 from fm.couplings.host_auction import host_auction
 from fm.couplings.reduced_lap import reduced_assignment
@@ -49,10 +49,10 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
   Args:
     cost: `[n, n]` cost matrix.
     solver: one of `SOLVERS`. "host_auction": epsilon-scaling auction
-      compiled by numba, on the host via `jax.pure_callback` (float64; cost
+      compiled by numba, on the host via `fm.couplings.host.host_call` (float64; cost
       within 1e-9 of the cost range of the optimum, see
       `fm.couplings.host_auction`); "scipy": host `linear_sum_assignment` via
-      `jax.pure_callback` (float64, exact); "reduced": the same host solver
+      `host_call` (float64, exact); "reduced": the same host solver
       on `cost - u[:, None] - v[None, :]` for estimated dual potentials
       `(u, v)` (same optimal permutations for any `(u, v)`, so equally
       exact; 2-4x faster, see `fm.couplings.reduced_lap`); "auction": pure-JAX
@@ -69,7 +69,7 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
   solver = _resolve(solver)
   if solver in _HOST:
     out = jax.ShapeDtypeStruct((n,), jnp.int32)
-    return jax.pure_callback(_HOST[solver], out, cost, vmap_method="sequential")
+    return host.host_call(_HOST[solver], out, cost)
   if solver == "auction":
     return auction(cost)[0]
   rows, cols = optax.assignment.hungarian_algorithm(cost)

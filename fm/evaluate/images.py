@@ -13,7 +13,7 @@ import numpy as np
 
 from fm import data as data_lib
 from fm.evaluate import sampling
-from fm.train import run as run_lib
+from fm.train import partitioning, run as run_lib
 
 __all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
 
@@ -71,12 +71,13 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
             "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"]}
-  tmp = out + ".tmp.npz"
-  np.savez(tmp, **record)
-  os.replace(tmp, out)
   png = os.path.splitext(out)[0] + ".png"
-  save_grid(png, samples[:64])
-  if png_dir:
+  if partitioning.is_writer():  # every process sampled (its shards) and holds all samples
+    tmp = out + ".tmp.npz"
+    np.savez(tmp, **record)
+    os.replace(tmp, out)
+    save_grid(png, samples[:64])
+  if png_dir and partitioning.is_writer():
     from PIL import Image  # pylint: disable=g-import-not-at-top
     os.makedirs(png_dir, exist_ok=True)
     for i, img in enumerate(samples):
@@ -91,13 +92,18 @@ class GridEvaluator:
   def __init__(self, run: run_lib.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
                seed: int = 0):
     self.run, self.workdir, self.steps = run, workdir, steps
-    self.x0 = sampling.initial_points(sample_x0, grid_noise_key(seed), 0, num)
+    self.x0 = np.asarray(sampling.initial_points(sample_x0, grid_noise_key(seed), 0, num))
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
 
   def __call__(self, step: int, ema_params, writer=None) -> dict[str, float]:
-    x1, info = sampling.generate(self.run.model, ema_params, self.x0, "euler", steps=self.steps)
-    images = sampling.to_uint8(jax.device_get(x1))
-    save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
+    leaf = jax.tree_util.tree_leaves(ema_params)[0]
+    x0 = self.x0
+    if isinstance(leaf.sharding, jax.sharding.NamedSharding):  # shard over the training mesh
+      x0 = partitioning.put(x0, partitioning.sharding_for_batch(leaf.sharding.mesh, len(x0)))
+    x1, info = sampling.generate(self.run.model, ema_params, x0, "euler", steps=self.steps)
+    images = sampling.to_uint8(partitioning.to_host(x1))
+    if partitioning.is_writer():
+      save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
     if writer is not None:
       writer.image("samples/euler", make_grid(images), step)
     return {"grid_nfe": float(info["nfe"])}
@@ -122,8 +128,9 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
             "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
             "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
             "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
-  path = os.path.join(workdir, "eval.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(path + ".tmp", path)
+  if partitioning.is_writer():
+    path = os.path.join(workdir, "eval.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
   return result

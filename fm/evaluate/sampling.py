@@ -5,6 +5,9 @@
 sample i starts from `x0_i = sample_x0(fold_in(key, i), 1)[0]`, so the samples
 do not depend on the batch size or the number of devices (with dopri5 the
 step sizes are shared within a batch, so there the batch does matter slightly).
+Each batch is sharded over every device of every process (`fm.train.partitioning`;
+replicated when `batch_size` does not divide over the devices) and gathered to
+every process, so any device count draws the same samples.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 import tqdm
 
 from fm import solvers
-from fm.train import run as run_lib
+from fm.train import partitioning, run as run_lib
 
 __all__ = ["generate", "sample", "initial_points", "to_uint8"]
 
@@ -54,22 +57,27 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_size: int,
            solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-           progress: bool = True, desc: str = "sampling") -> tuple[np.ndarray, dict]:
+           progress: bool = True, desc: str = "sampling", mesh=None) -> tuple[np.ndarray, dict]:
   """`num` samples in batches; returns `(samples, info)` with per-batch and total NFE.
 
   `info`: `nfe_total`, `nfe_per_batch` (list), `batch_size`, `success` (every
   batch reached t = 1 within the solver's step limit), `failed_batches`.
-  `postprocess` (e.g. `to_uint8`) is applied per batch on the host.
+  `postprocess` (e.g. `to_uint8`) is applied per batch on the host. `mesh`:
+  the devices to shard batches over (default: all of them, all processes).
   """
-  init = jax.jit(functools.partial(initial_points, sample_x0), static_argnums=(2,))
+  mesh = partitioning.make_mesh() if mesh is None else mesh
+  init = jax.jit(functools.partial(initial_points, sample_x0), static_argnums=(2,),
+                 out_shardings=partitioning.sharding_for_batch(mesh, batch_size))
+  key = np.asarray(key)
   out, nfe, failed = [], [], []
-  with tqdm.tqdm(total=num, desc=desc, unit="sample", disable=not progress or None,
+  with tqdm.tqdm(total=num, desc=desc, unit="sample",
+                 disable=not (progress and partitioning.is_writer()) or None,
                  dynamic_ncols=True) as bar:
     for start in range(0, num, batch_size):
       count = min(batch_size, num - start)
       x0 = init(key, start, batch_size)  # full batches only: one compilation
       x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps)
-      x1 = np.asarray(x1[:count])
+      x1 = partitioning.to_host(x1)[:count]
       out.append(postprocess(x1) if postprocess else x1)
       nfe.append(int(info["nfe"]))
       if not bool(info.get("success", True)):

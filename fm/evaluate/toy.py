@@ -7,7 +7,9 @@ Metrics (all from the EMA parameters of the latest checkpoint):
   path_energy       kinetic energy of the Euler trajectory, E int |v|^2 dt
   normalized_path_energy  |PE - W2(source, target)^2| / W2(source, target)^2
 Source and held-out target samples come from `eval.seed`, on key streams that
-training never uses.
+training never uses. Samples are integrated sharded over every device (the same
+values on any device count, see `fm.evaluate.sampling`); the metrics are then
+computed on the host copy, on one local device, and only process 0 writes.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ import numpy as np
 from fm import metrics
 from fm.data import toys
 from fm.evaluate.sampling import generate
-from fm.train import run as run_lib
+from fm.train import partitioning, run as run_lib
 
-_w2 = jax.jit(metrics.w2)  # jitted: also runs on inputs committed to a multi-device mesh
+_w2 = jax.jit(metrics.w2)
 
 __all__ = ["generate", "evaluate", "evaluate_workdir", "sample_workdir", "eval_keys"]
 
@@ -34,15 +36,26 @@ def eval_keys(seed: int):
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
+def _sharded(x: jax.Array, params) -> jax.Array:
+  """`x` `[n, ...]` placed batch-sharded on the devices that hold `params`."""
+  leaf = jax.tree_util.tree_leaves(params)[0]
+  mesh = leaf.sharding.mesh if isinstance(leaf.sharding, jax.sharding.NamedSharding) else None
+  if mesh is None:
+    return x
+  return partitioning.put(np.asarray(x), partitioning.sharding_for_batch(mesh, x.shape[0]))
+
+
 def evaluate(model, params, task: str, num_samples: int = 1000, seed: int = 0,
              rtol: float = 1e-5, atol: float = 1e-5, euler_steps: int = 100) -> dict[str, float]:
   """The toy metrics above as a flat dict of floats."""
   source, target = toys.parse_task(task)
   k_src, k_tgt = eval_keys(seed)
-  x0 = toys.sample(source, k_src, num_samples)
-  y = toys.sample(target, k_tgt, num_samples)
-  x1, info = generate(model, params, x0, "dopri5", rtol=rtol, atol=atol)
-  x1_euler, info_euler = generate(model, params, x0, "euler", steps=euler_steps, save_trajectory=True)
+  x0 = np.asarray(toys.sample(source, k_src, num_samples))
+  y = np.asarray(toys.sample(target, k_tgt, num_samples))
+  x1, info = generate(model, params, _sharded(x0, params), "dopri5", rtol=rtol, atol=atol)
+  x1_euler, info_euler = generate(model, params, _sharded(x0, params), "euler", steps=euler_steps,
+                                  save_trajectory=True)
+  x1, x1_euler, info, info_euler = partitioning.to_host((x1, x1_euler, info, info_euler))
   pe = metrics.path_energy(info_euler["trajectory"], info_euler["ts"])
   w2_source = _w2(x0, y)
   return {
@@ -65,10 +78,11 @@ def evaluate_workdir(workdir: str) -> dict:
             "euler_steps": ec.euler_steps}
   result.update(evaluate(run.model, params, run.config.data.task, ec.num_samples, ec.seed,
                          ec.rtol, ec.atol, ec.euler_steps))
-  path = os.path.join(workdir, "eval.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(path + ".tmp", path)
+  if partitioning.is_writer():
+    path = os.path.join(workdir, "eval.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
   return result
 
 
@@ -80,15 +94,17 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   del unused
   run, params, step = run_lib.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
-  x0 = toys.sample(source, jax.random.PRNGKey(seed), num)
-  x1, info = generate(run.model, params, x0, solver, rtol=rtol, atol=atol, steps=steps)
-  record = {"samples": np.asarray(x1), "nfe": int(info["nfe"]), "solver": solver, "rtol": rtol,
+  x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
+  x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps)
+  x1, info = partitioning.to_host((x1, info))
+  record = {"samples": x1, "nfe": int(info["nfe"]), "solver": solver, "rtol": rtol,
             "atol": atol, "steps": -1 if steps is None else steps, "seed": seed, "checkpoint_step": step}
-  np.savez(out, **record)
-  reference = np.asarray(toys.sample(target, eval_keys(seed)[1], num))
   png = os.path.splitext(out)[0] + ".png"
-  title = f"{run.config.method} {run.config.data.task}: {solver}, NFE {record['nfe']}"
-  plots.scatter(png, np.asarray(x1), reference=reference, title=title)
+  if partitioning.is_writer():
+    np.savez(out, **record)
+    reference = np.asarray(toys.sample(target, eval_keys(seed)[1], num))
+    title = f"{run.config.method} {run.config.data.task}: {solver}, NFE {record['nfe']}"
+    plots.scatter(png, x1, reference=reference, title=title)
   return {"nfe": record["nfe"], "png": png, "out": out, "step": step}
 
 
@@ -96,6 +112,6 @@ def trajectories(workdir: str, num: int = 256, steps: int = 100, seed: int = 0) 
   """Euler trajectories `[steps + 1, num, 2]` of a run, for figures."""
   run, params, _ = run_lib.load(workdir)
   source, _ = toys.parse_task(run.config.data.task)
-  x0 = toys.sample(source, eval_keys(seed)[0], num)
-  _, info = generate(run.model, params, x0, "euler", steps=steps, save_trajectory=True)
-  return np.asarray(info["trajectory"])
+  x0 = np.asarray(toys.sample(source, eval_keys(seed)[0], num))
+  _, info = generate(run.model, params, _sharded(x0, params), "euler", steps=steps, save_trajectory=True)
+  return partitioning.to_host(info["trajectory"])

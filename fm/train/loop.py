@@ -26,7 +26,7 @@ import tqdm
 from fm import config as config_lib
 from fm import data as data_lib
 from fm.data import pairs as pairs_lib
-from fm.train import checkpoint, reflow, run as run_lib, step as step_lib, tensorboard
+from fm.train import checkpoint, partitioning, reflow, run as run_lib, step as step_lib, tensorboard
 from fm.train import state as state_lib
 
 __all__ = ["train_and_evaluate", "train", "prepare", "TrainingError", "Preempted"]
@@ -72,6 +72,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
 
 
 def _write_json_atomic(path: str, obj) -> None:
+  if not partitioning.is_writer():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -80,7 +82,7 @@ def _write_json_atomic(path: str, obj) -> None:
 
 def _trim_metrics(path: str, max_step: int) -> None:
   """Drops metric lines past the restored step (a killed run is replayed from there)."""
-  if not os.path.exists(path):
+  if not partitioning.is_writer() or not os.path.exists(path):
     return
   with open(path) as f:
     lines = [l for l in f if l.strip() and json.loads(l)["step"] <= max_step]
@@ -108,15 +110,12 @@ def train(config: ml_collections.ConfigDict, workdir: str):
         steps=config.reflow.steps)
     source = pairs_lib.source(source, pairs, tc.batch_size,
                               f"reflow pairs from teacher {config.reflow.teacher} on {source.description}")
-  run_lib.write_source_info(workdir, source)
-  run = run_lib.build(config, source.shape)
-  data = source.data
-
-  # Data parallelism: batch sharded over all devices, state replicated.
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharding = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-                   if jax.device_count() > 1 else None)
+  if partitioning.is_writer():
+    run_lib.write_source_info(workdir, source)
+  # Data parallelism (fm.train.partitioning): batch sharded over every device, state replicated.
+  mesh = partitioning.make_mesh()
+  run = run_lib.build(config, source.shape, mesh=mesh)
+  data_sharding = partitioning.batch_sharding(mesh) if mesh.size > 1 else None
 
   lr_schedule = state_lib.make_schedule(tc.lr, tc.steps, tc.schedule, tc.warmup_steps)
   multi_step = jax.jit(
@@ -124,17 +123,14 @@ def train(config: ml_collections.ConfigDict, workdir: str):
                                data_sharding),
       donate_argnums=0)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
-  abstract = jax.eval_shape(run.init_state)
-  abstract = jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
+  abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
   start = ckpt.latest_step()
   if start is None:
-    state = jax.device_put(run.init_state(), replicated)
+    state = partitioning.init_replicated(run.init_state, mesh)
     start = 0
   else:
     state = ckpt.restore(abstract, start)
-  if data is not None:
-    data = jax.device_put(data, replicated)
+  data = None if source.data is None else partitioning.replicate(source.data, mesh)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _trim_metrics(metrics_path, start)
   from fm import evaluate  # pylint: disable=g-import-not-at-top
@@ -178,18 +174,20 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     row["examples_per_sec"] = row["steps_per_sec"] * tc.batch_size
     row["lr"] = float(lr_schedule(at_step - 1))
     last_time, last_step = now, at_step
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if partitioning.is_writer():
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
     writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-    if bar.disable:
+    if bar.disable and partitioning.is_writer():
       log.info("step %d loss %.5f (%.0f steps/s)", at_step, row["loss"], row["steps_per_sec"])
 
   step = start
   try:
     with tqdm.tqdm(total=tc.steps, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
-                   unit="step", dynamic_ncols=True, disable=None) as bar:
-      while step < tc.steps and stop["signum"] is None:
+                   unit="step", dynamic_ncols=True,
+                   disable=None if partitioning.is_writer() else True) as bar:
+      while step < tc.steps and not partitioning.any_process(stop["signum"] is not None):
         end = min(step + tc.steps_per_call, _next_multiple(step, tc.log_every),
                   _next_multiple(step, tc.checkpoint_every), tc.steps,
                   _next_multiple(step, eval_every) if eval_every else tc.steps)
@@ -213,10 +211,10 @@ def train(config: ml_collections.ConfigDict, workdir: str):
             writer.scalars(evaluator(end, state.ema_params, writer), end)
       if to_log is not None:
         write_metrics(to_log[0], fetch(to_log[1]))
-      if stop["signum"] is not None:
+      if step < tc.steps:  # stopped by a signal (on any process)
         fetch(pending)
         ckpt.save(step, state)
-        raise Preempted(step, stop["signum"])
+        raise Preempted(step, stop["signum"] or signal.SIGTERM)
   finally:
     ckpt.close()
     writer.close()

@@ -18,7 +18,7 @@ import numpy as np
 
 from fm import solvers
 from fm import config as config_lib
-from fm.train import run as run_lib
+from fm.train import partitioning, run as run_lib
 
 __all__ = ["PAIRS_FILE", "check_teacher", "make_pairs", "load_or_make_pairs"]
 
@@ -53,12 +53,14 @@ def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: 
     z1, info = solvers.integrate(run_lib.velocity(run.model, params), z0, solver=solver, **kwargs)
     return z1, info["nfe"]
 
-  z0 = sample_x0(key, num_pairs)
+  z0 = np.asarray(sample_x0(key, num_pairs))
   chunk = _CHUNK_POINTS if int(np.prod(run.shape)) <= 16 else _CHUNK_IMAGES
+  mesh = jax.tree_util.tree_leaves(params)[0].sharding.mesh  # chunks sharded over it
   z1, nfe = [], []
   for i in range(0, num_pairs, chunk):
-    out, n = push(params, z0[i:i + chunk])
-    z1.append(np.asarray(out))
+    part = z0[i:i + chunk]
+    out, n = push(params, partitioning.put(part, partitioning.sharding_for_batch(mesh, len(part))))
+    z1.append(partitioning.to_host(out))
     nfe.append(int(n))
   return {"z0": np.asarray(z0), "z1": np.concatenate(z1), "nfe": np.asarray(nfe)}
 
@@ -70,6 +72,8 @@ def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, se
   if not os.path.exists(path):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EF10)
     pairs = make_pairs(teacher, sample_x0, num_pairs, key, **solver_kwargs)
+    if not partitioning.is_writer():  # every process made the same pairs; process 0 stores them
+      return {"z0": jnp.asarray(pairs["z0"]), "z1": jnp.asarray(pairs["z1"])}
     tmp = path + ".tmp.npz"
     np.savez(tmp, **pairs)
     os.replace(tmp, path)

@@ -20,7 +20,7 @@ import optax
 
 from fm import methods, models
 from fm import config as config_lib
-from fm.train import checkpoint, state as state_lib
+from fm.train import checkpoint, partitioning, state as state_lib
 
 __all__ = ["Run", "build", "load", "check_workdir", "velocity", "model_kwargs", "method_kwargs",
            "read_source_info", "write_source_info", "loss_fn", "load_config", "SOURCE_FILE"]
@@ -56,11 +56,15 @@ def method_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               time_kwargs=time_kwargs, **coupling)
 
 
-def build(config: ml_collections.ConfigDict, shape: tuple[int, ...] = (2,)) -> Run:
-  """Model, method, optimizer and `init_state()` for a validated config and example shape."""
+def build(config: ml_collections.ConfigDict, shape: tuple[int, ...] = (2,), mesh=None) -> Run:
+  """Model, method, optimizer and `init_state()` for a validated config and example shape.
+
+  `mesh`: the data-parallel mesh training shards its batch over (the method's
+  coupling then pairs per `coupling.scope`); None for sampling and evaluation.
+  """
   shape = tuple(int(s) for s in shape)
   model = models.make(config.model.name, **model_kwargs(config))
-  method = methods.make(config.method, **method_kwargs(config))
+  method = methods.make(config.method, mesh=mesh, **method_kwargs(config))
   tc = config.train
   optimizer = state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay)
@@ -121,8 +125,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load(workdir: str, step: int | None = None) -> tuple[Run, Any, int]:
-  """`(run, ema_params, step)` of checkpoint `step` (default: the latest) in `workdir`."""
+def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, int]:
+  """`(run, ema_params, step)` of checkpoint `step` (default: the latest) in `workdir`.
+
+  The parameters are restored replicated on every device of `mesh` (default:
+  all devices of all processes), whatever the device count of the training run.
+  """
   latest = check_workdir(workdir)
   step = latest if step is None else step
   if step not in checkpoint.all_steps(workdir):
@@ -130,7 +138,8 @@ def load(workdir: str, step: int | None = None) -> tuple[Run, Any, int]:
                                  f"saved steps: {', '.join(map(str, checkpoint.all_steps(workdir)))}")
   run = build(load_config(workdir), read_source_info(workdir)["shape"])
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  state = ckpt.restore(jax.eval_shape(run.init_state), step)
+  mesh = partitioning.make_mesh() if mesh is None else mesh
+  state = ckpt.restore(partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh), step)
   ckpt.close()
   return run, state.ema_params, step
 
