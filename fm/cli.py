@@ -88,13 +88,17 @@ def _sample(args, overrides):
   if args.png_dir and os.path.exists(args.png_dir) and not os.path.isdir(args.png_dir):
     raise UsageError(f"--png-dir {args.png_dir!r} exists and is not a directory")
   kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
-                steps=args.steps, step=args.step)
+                steps=args.steps, step=args.step, max_steps=args.max_steps)
   if evaluate.kind(args.workdir) == "images":
     kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
   elif args.png_dir:
     raise UsageError("--png-dir is for image runs; this run's data are points")
   info = evaluate.sample_workdir(args.workdir, out, **kwargs)
   print(f"NFE {info['nfe']} ({args.solver}); wrote {info['out']} and {info['png']}")
+  if not info.get("success", True):
+    print(f"fm: warning: {args.solver} stopped at --max-steps {args.max_steps} before reaching t = 1, so the "
+          f"samples in {out} are not the flow's output (recorded as success=False); loosen --rtol/--atol "
+          f"or raise --max-steps", file=sys.stderr)
 
 
 def _eval(args, overrides):
@@ -102,7 +106,10 @@ def _eval(args, overrides):
   from fm.train import run  # pylint: disable=g-import-not-at-top
   del overrides
   run.check_workdir(args.workdir)
-  print(json.dumps(evaluate.evaluate_workdir(args.workdir), indent=2))
+  result = evaluate.evaluate_workdir(args.workdir)
+  print(json.dumps(result, indent=2))
+  for warning in result.get("warnings", []):
+    print(f"fm: warning: {warning}", file=sys.stderr)
 
 
 def _sweep(args, overrides):
@@ -175,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--rtol", type=float, default=1e-5)
   p.add_argument("--atol", type=float, default=1e-5)
   p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")
+  p.add_argument("--max-steps", type=int, default=4096,
+                 help="dopri5: most attempted steps; a solve that hits it is reported (default 4096)")
   p.add_argument("--num", type=int, default=1000)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="output .npz (default WORKDIR/samples.npz)")

@@ -145,13 +145,19 @@ def _choice(key, value, choices):
     raise ConfigError(f"bad value {value!r} for config key {key!r}; valid choices: {', '.join(map(str, choices))}")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _positive(config_dict, keys, allow_zero=False):
+  """Finite numbers > 0 (>= 0); floats must also be finite in float32, the dtype they are used in."""
   for key in keys:
     value = config_dict[key]
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-        or value < 0 or (value == 0 and not allow_zero)):
+        or value < 0 or (value == 0 and not allow_zero)
+        or (isinstance(value, float) and value > _FLOAT32_MAX)):
       bound = ">= 0" if allow_zero else "> 0"
-      raise ConfigError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound}")
+      raise ConfigError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound} "
+                        f"(in float32)")
 
 
 def _component(key: str, build) -> None:

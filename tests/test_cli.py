@@ -110,3 +110,32 @@ def test_python_m_fm_exit_status(tmp_path):
                         "--config.train.stpes=1"], capture_output=True, text=True, env=subprocess_env())
   assert res.returncode == 2 and res.stderr.count("\n") == 1 and "train.steps" in res.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_sample_cut_at_max_steps_is_recorded_and_said(capsys, trained_run, tmp_path):  # noqa: F811
+  out = str(tmp_path / "cut.npz")
+  code, _, err = _main(capsys, ["sample", "--workdir", trained_run, "--num", "20", "--out", out, "--max-steps", "2"])
+  assert code == 0 and "not the flow's output" in err and "--max-steps 2" in err
+  with np.load(out) as f:
+    assert not bool(f["success"]) and int(f["max_steps"]) == 2
+  code, _, err = _main(capsys, ["sample", "--workdir", trained_run, "--num", "20", "--out", out])
+  assert code == 0 and "warning" not in err
+  with np.load(out) as f:
+    assert bool(f["success"])
+
+
+def test_eval_marks_numbers_of_an_unfinished_solve(capsys, trained_run, tmp_path):  # noqa: F811
+  import json
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  config["eval"].update(rtol=1e-13, atol=1e-13)   # below float32 resolution: dopri5 never reaches t = 1
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config, f)
+  code, out, err = _main(capsys, ["eval", "--workdir", workdir])
+  assert code == 0 and "warning: dopri5 stopped" in err
+  with open(os.path.join(workdir, "eval.json")) as f:
+    result = json.load(f)
+  assert result["dopri5_success"] is False and "w2" in result["warnings"][0]

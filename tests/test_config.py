@@ -71,3 +71,28 @@ def test_rf_rejects_sigma():
 def test_diff_and_flatten():
   assert config_lib.flatten({"a": {"b": 1}, "c": 2}) == {"a.b": 1, "c": 2}
   assert config_lib.diff({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ([("method", "sbcfm"), ("sigma", "0")], "sigma=0"),
+    ([("method", "sbcfm"), ("sigma", "1e-30")], "epsilon"),
+    ([("method", "sbcfm"), ("coupling.threshold", "0")], "threshold"),
+    ([("method", "sbcfm"), ("coupling.max_iterations", "0")], "max_iterations"),
+    ([("train.lr", "nan")], "train.lr"),
+    ([("train.lr", "inf")], "train.lr"),
+    ([("train.lr", "1e39")], "train.lr"),   # finite in Python, inf in float32
+    ([("eval.rtol", "0")], "eval.rtol"),
+])
+def test_degenerate_values_refused(overrides, match):
+  c = config_lib.apply_overrides(config_lib.load(SPEC), overrides)
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    config_lib.validate(c)
+  assert str(e.value).count("\n") == 0
+
+
+def test_coupling_settings_reach_the_coupling():
+  from fm.train import run as run_lib
+  c = config_lib.apply_overrides(config_lib.load(SPEC), [
+      ("method", "sbcfm"), ("coupling.threshold", "1e-5"), ("coupling.max_iterations", "7")])
+  coupling = run_lib.build(c).method.coupling
+  assert coupling.threshold == 1e-5 and coupling.max_iterations == 7

@@ -1,4 +1,6 @@
 """Exact minibatch optimal transport (squared Euclidean cost)."""
+from __future__ import annotations
+
 import dataclasses
 import math
 
@@ -13,7 +15,7 @@ from fm.couplings.auction import auction
 from fm.couplings.host_auction import host_auction
 from fm.couplings.reduced_lap import reduced_assignment
 
-__all__ = ["SOLVERS", "MAX_LCM", "assignment", "exact_plan", "Exact"]
+__all__ = ["SOLVERS", "MAX_LCM", "assignment", "assignment_info", "exact_plan", "Exact"]
 
 SOLVERS = ("auto", "host_auction", "reduced", "scipy", "auction", "hungarian")
 MAX_LCM = 4096
@@ -43,6 +45,27 @@ def _resolve(solver: str) -> str:
   return "host_auction" if jax.default_backend() == "cpu" else "auction"
 
 
+def assignment_info(cost: jax.Array, solver: str = "auto",
+                    max_rounds: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """`(perm, converged)`: `assignment`'s permutation and whether the solver finished.
+
+  `converged` (bool `[]`) is False only for the JAX auction when it hit its
+  round limit `max_rounds` (default: `auction`'s); its permutation is then
+  completed greedily, not optimal. The other solvers always finish.
+  """
+  n, m = cost.shape
+  if n != m:
+    raise ValueError(f"assignment needs a square cost matrix, got {cost.shape}")
+  solver = _resolve(solver)
+  if solver in _HOST:
+    out = jax.ShapeDtypeStruct((n,), jnp.int32)
+    return host.host_call(_HOST[solver], out, cost), jnp.asarray(True)
+  if solver == "auction":
+    return auction(cost) if max_rounds is None else auction(cost, max_rounds=max_rounds)
+  rows, cols = optax.assignment.hungarian_algorithm(cost)
+  return jnp.zeros((n,), jnp.int32).at[rows].set(cols.astype(jnp.int32)), jnp.asarray(True)
+
+
 def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
   """Optimal permutation for a square cost matrix.
 
@@ -63,17 +86,7 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
   Returns:
     `perm` `[n]` int32 minimising `sum_i cost[i, perm[i]]`.
   """
-  n, m = cost.shape
-  if n != m:
-    raise ValueError(f"assignment needs a square cost matrix, got {cost.shape}")
-  solver = _resolve(solver)
-  if solver in _HOST:
-    out = jax.ShapeDtypeStruct((n,), jnp.int32)
-    return host.host_call(_HOST[solver], out, cost)
-  if solver == "auction":
-    return auction(cost)[0]
-  rows, cols = optax.assignment.hungarian_algorithm(cost)
-  return jnp.zeros((n,), jnp.int32).at[rows].set(cols.astype(jnp.int32))
+  return assignment_info(cost, solver)[0]
 
 
 def exact_plan(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
@@ -85,8 +98,12 @@ def exact_plan(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
   integral optimal vertex, i.e. an optimal plan with entries in `(1/L) Z`.
   Raises ValueError if `L > MAX_LCM`.
   """
-  n, m = x0.shape[0], x1.shape[0]
-  cost = base.sqdist(x0, x1)
+  return _plan_info(base.sqdist(x0, x1), solver)[0]
+
+
+def _plan_info(cost: jax.Array, solver: str, max_rounds: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """`exact_plan` from the cost `[n, m]`, with the solver's `converged` flag."""
+  n, m = cost.shape
   lcm = n * m // math.gcd(n, m)
   if lcm > MAX_LCM:
     raise ValueError(
@@ -94,10 +111,10 @@ def exact_plan(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
         f"lcm={lcm} > MAX_LCM={MAX_LCM}; use equal batch sizes or sinkhorn")
   rn, rm = lcm // n, lcm // m
   big = jnp.repeat(jnp.repeat(cost, rn, axis=0), rm, axis=1)
-  perm = assignment(big, solver)
+  perm, converged = assignment_info(big, solver, max_rounds)
   rows = jnp.arange(lcm) // rn
   dt = jnp.result_type(cost.dtype, jnp.float32)
-  return jnp.zeros((n, m), dt).at[rows, perm // rm].add(1.0 / lcm)
+  return jnp.zeros((n, m), dt).at[rows, perm // rm].add(1.0 / lcm), converged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,21 +127,29 @@ class Exact:
 
   Attributes:
     solver: see `assignment`.
+    max_rounds: round limit of the JAX auction (None: `auction`'s default).
+      A batch that hits it is reported as `info["converged"] = False`.
   """
 
   solver: str = "auto"
+  max_rounds: int | None = None
 
   def __post_init__(self):
     _resolve(self.solver)
+    if self.max_rounds is not None and (isinstance(self.max_rounds, bool) or self.max_rounds < 1
+                                        or int(self.max_rounds) != self.max_rounds):
+      raise ValueError(f"max_rounds={self.max_rounds!r} must be an integer >= 1 or None")
 
   def plan(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
     return exact_plan(x0, x1, self.solver)
 
   def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
-    if x0.shape[0] == x1.shape[0]:
-      perm = assignment(base.sqdist(x0, x1), self.solver)
+    """Re-paired `(x0, x1p, info)`; `info["converged"]` is False if the JAX auction hit its limit."""
+    n, m = x0.shape[0], x1.shape[0]
+    if n == m:
+      perm, converged = assignment_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
     else:
-      p = exact_plan(x0, x1, self.solver)
+      p, converged = _plan_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
       perm = base.sample_rows(key, jnp.log(p))
     x1p = x1[perm]
-    return x0, x1p, base._info(x0, x1, x0, x1p)
+    return x0, x1p, base._info(x0, x1, x0, x1p, converged=converged)

@@ -1,16 +1,15 @@
 """Entropic minibatch OT couplings (ott-jax Sinkhorn, log domain)."""
 import dataclasses
+import math
 from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn as ott_sinkhorn
+import numpy as np
 
 from fm.couplings import base
 
-__all__ = ["DEFAULT_RELATIVE", "resolve_epsilon", "solve", "Sinkhorn", "SB"]
+__all__ = ["DEFAULT_RELATIVE", "resolve_epsilon", "solve", "check_options", "Sinkhorn", "SB"]
 
 # eps = DEFAULT_RELATIVE * std(cost). The std (not the mean) of the cost is the
 # scale of cost *differences*, which stays meaningful in high dimension: at
@@ -50,6 +49,10 @@ def solve(
     `log_plan` `[n, m]` (`plan = exp(log_plan)`, sums to ~1) and a dict with
     "converged", "iterations", "epsilon".
   """
+  # ott-jax is imported here, not at module level: it takes seconds to import.
+  from ott.geometry import geometry  # pylint: disable=g-import-not-at-top
+  from ott.problems.linear import linear_problem  # pylint: disable=g-import-not-at-top
+  from ott.solvers.linear import sinkhorn as ott_sinkhorn  # pylint: disable=g-import-not-at-top
   cost = base.sqdist(x0, x1)
   if not jnp.issubdtype(cost.dtype, jnp.floating):
     cost = cost.astype(jnp.float32)
@@ -72,6 +75,34 @@ def solve(
   return log_plan, info
 
 
+def _finite_positive_f32(value) -> bool:
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+    return False
+  with np.errstate(over="ignore"):
+    v32 = np.float32(value)
+  return math.isfinite(value) and value > 0 and bool(np.isfinite(v32)) and v32 > 0
+
+
+def _positive_float32(name: str, value) -> None:
+  if not _finite_positive_f32(value):
+    raise ValueError(f"{name}={value!r} must be a finite number > 0 (also in float32), "
+                     f"else the Sinkhorn plan is NaN or meaningless")
+
+
+def check_options(epsilon=None, relative=None, threshold=1e-3, max_iterations=1000) -> None:
+  """ValueError (one sentence) unless the Sinkhorn options are usable."""
+  if epsilon is not None:
+    _positive_float32("epsilon", epsilon)
+  if relative is not None:
+    _positive_float32("relative", relative)
+  _positive_float32("threshold", threshold)
+  integral = (isinstance(max_iterations, (int, float, np.integer, np.floating))
+              and not isinstance(max_iterations, bool) and math.isfinite(max_iterations)
+              and float(max_iterations).is_integer())
+  if not integral or max_iterations < 1:
+    raise ValueError(f"max_iterations={max_iterations!r} must be an integer >= 1")
+
+
 @dataclasses.dataclass(frozen=True)
 class Sinkhorn:
   """Entropic OT coupling; pairs are drawn from the Sinkhorn plan.
@@ -92,6 +123,11 @@ class Sinkhorn:
   threshold: float = 1e-3
   max_iterations: int = 1000
   replace: bool = False
+
+  def __post_init__(self):
+    check_options(*self._eps_args(), self.threshold, self.max_iterations)
+    # Config overrides of optional keys arrive as floats (5.0); ott wants an int.
+    object.__setattr__(self, "max_iterations", int(self.max_iterations))
 
   def _eps_args(self):
     return self.epsilon, self.relative
@@ -119,6 +155,15 @@ class SB(Sinkhorn):
   (TorchCFM convention; default `sigma=1.0`, the TorchCFM runner default)."""
 
   sigma: float = 1.0
+
+  def __post_init__(self):
+    s = self.sigma
+    number = isinstance(s, (int, float, np.floating, np.integer)) and not isinstance(s, bool)
+    eps = 2.0 * s ** 2 if number and math.isfinite(s) else float("nan")
+    if not (number and s > 0 and _finite_positive_f32(eps)):
+      raise ValueError(f"sigma={s!r} gives the SB coupling epsilon = 2 sigma^2 = {eps!r}, which must be a "
+                       f"finite number > 0 in float32 (else the Sinkhorn plan is NaN); use another sigma > 0")
+    super().__post_init__()
 
   def _eps_args(self):
     return 2.0 * self.sigma ** 2, None

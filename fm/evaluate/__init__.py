@@ -3,6 +3,9 @@
 `evaluate_workdir` and `sample_workdir` dispatch on the kind of the run's data
 (`source.json`: "points" for the 2D toys, "images" for image folders / tfds).
 """
+import json
+import os
+
 from fm.evaluate import plots, sampling, toy
 from fm.evaluate.sampling import generate
 from fm.evaluate.toy import evaluate, trajectories
@@ -18,11 +21,31 @@ def kind(workdir: str) -> str:
 
 
 def evaluate_workdir(workdir: str) -> dict:
-  """The end-of-training evaluation of a run's latest EMA checkpoint (see `toy`, `images`)."""
+  """The end-of-training evaluation of a run's latest EMA checkpoint (see `toy`, `images`).
+
+  A result whose dopri5 solve stopped at its step limit is marked: `warnings`
+  in `eval.json` says which numbers come from samples not integrated to t = 1.
+  """
   if kind(workdir) == "images":
     from fm.evaluate import images  # pylint: disable=g-import-not-at-top
-    return images.evaluate_workdir(workdir)
-  return toy.evaluate_workdir(workdir)
+    result = images.evaluate_workdir(workdir)
+  else:
+    result = toy.evaluate_workdir(workdir)
+  warnings = []
+  if not result.get("dopri5_success", True):
+    warnings.append(f"dopri5 stopped at its step limit before t = 1 (rtol {result.get('rtol')}, atol "
+                    f"{result.get('atol')}): the dopri5 numbers (w2, nfe) are of samples that were not "
+                    f"integrated to t = 1")
+  if warnings:
+    result["warnings"] = warnings
+    _write_json(os.path.join(workdir, "eval.json"), result)
+  return result
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def sample_workdir(workdir: str, out: str, **kwargs) -> dict:

@@ -67,7 +67,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
   samples, info = sampling.sample(
       run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
       solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
-      desc=f"sampling ({solver})")
+      desc=f"sampling ({solver})", max_steps=max_steps)
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
             "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"]}

@@ -57,7 +57,8 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_size: int,
            solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-           progress: bool = True, desc: str = "sampling", mesh=None) -> tuple[np.ndarray, dict]:
+           progress: bool = True, desc: str = "sampling", mesh=None,
+           max_steps: int | None = None) -> tuple[np.ndarray, dict]:
   """`num` samples in batches; returns `(samples, info)` with per-batch and total NFE.
 
   `info`: `nfe_total`, `nfe_per_batch` (list), `batch_size`, `success` (every
@@ -76,7 +77,7 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
     for start in range(0, num, batch_size):
       count = min(batch_size, num - start)
       x0 = init(key, start, batch_size)  # full batches only: one compilation
-      x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps)
+      x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps)
       x1 = partitioning.to_host(x1)[:count]
       out.append(postprocess(x1) if postprocess else x1)
       nfe.append(int(info["nfe"]))

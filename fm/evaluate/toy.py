@@ -88,24 +88,36 @@ def evaluate_workdir(workdir: str) -> dict:
 
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 1000, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
-                   step: int | None = None, **unused) -> dict:
-  """Samples a run into `out` (.npz: samples, nfe, solver, rtol, atol, steps, seed) and a PNG."""
+                   step: int | None = None, max_steps: int | None = None, **unused) -> dict:
+  """Samples a run into `out` (.npz) and a scatter plot beside it (`out` with .png for .npz).
+
+  The npz holds `samples` `[num, 2]`, `nfe`, `solver`, `rtol`, `atol`, `steps`,
+  `seed`, `checkpoint_step`, `max_steps` and `success` (False if dopri5 stopped
+  at `max_steps` before t = 1: the samples are then not the flow's output).
+  """
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
   del unused
   run, params, step = run_lib.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
   x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
-  x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps)
+  x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps,
+                      max_steps=max_steps)
   x1, info = partitioning.to_host((x1, info))
+  success = bool(info["success"])
   record = {"samples": x1, "nfe": int(info["nfe"]), "solver": solver, "rtol": rtol,
-            "atol": atol, "steps": -1 if steps is None else steps, "seed": seed, "checkpoint_step": step}
+            "atol": atol, "steps": -1 if steps is None else steps, "seed": seed, "checkpoint_step": step,
+            "max_steps": -1 if max_steps is None else max_steps, "success": success}
   png = os.path.splitext(out)[0] + ".png"
   if partitioning.is_writer():
-    np.savez(out, **record)
+    tmp = out + ".tmp.npz"
+    np.savez(tmp, **record)
+    os.replace(tmp, out)
     reference = np.asarray(toys.sample(target, eval_keys(seed)[1], num))
     title = f"{run.config.method} {run.config.data.task}: {solver}, NFE {record['nfe']}"
+    if not success:
+      title += " (NOT INTEGRATED TO t = 1)"
     plots.scatter(png, x1, reference=reference, title=title)
-  return {"nfe": record["nfe"], "png": png, "out": out, "step": step}
+  return {"nfe": record["nfe"], "png": png, "out": out, "step": step, "success": success}
 
 
 def trajectories(workdir: str, num: int = 256, steps: int = 100, seed: int = 0) -> np.ndarray:

@@ -10,12 +10,13 @@ controller (`adaptive`). `integrate` is the entry point:
     info["nfe"], info["steps"], info["rejected"], info["success"]
 """
 from fm.solvers.adaptive import StepSizeController, initial_step, integrate_adaptive
-from fm.solvers.api import ADAPTIVE, FIXED_STEP, SOLVERS, integrate
+from fm.solvers.api import ADAPTIVE, FIXED_STEP, SOLVERS, check_tolerances, integrate
 from fm.solvers.fixed import integrate_fixed, rk_stages
 from fm.solvers.tableau import DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUX, ButcherTableau
 
 __all__ = [
     "integrate",
+    "check_tolerances",
     "SOLVERS",
     "FIXED_STEP",
     "ADAPTIVE",

@@ -9,7 +9,7 @@ from fm.solvers.adaptive import StepSizeController, integrate_adaptive
 from fm.solvers.fixed import VectorField, integrate_fixed
 from fm.solvers.tableau import TABLEAUX
 
-__all__ = ["SOLVERS", "FIXED_STEP", "ADAPTIVE", "integrate"]
+__all__ = ["SOLVERS", "FIXED_STEP", "ADAPTIVE", "integrate", "check_tolerances"]
 
 FIXED_STEP = ("euler", "midpoint", "heun", "rk4")
 ADAPTIVE = ("dopri5",)
@@ -22,6 +22,21 @@ def _concrete(x):
     return np.asarray(x, dtype=np.float64)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return None
+
+
+def check_tolerances(rtol, atol, max_steps=None) -> None:
+  """ValueError (one sentence) unless rtol and atol are finite numbers > 0 and max_steps an int >= 1.
+
+  With a zero or negative tolerance no step is ever accepted, so dopri5 spends
+  `max_steps` steps and stops at t0; NaN compares false and does the same.
+  Traced values (inside jit) are not checked.
+  """
+  for name, value in (("rtol", rtol), ("atol", atol)):
+    v = _concrete(value)
+    if v is not None and not (v.ndim == 0 and np.isfinite(v) and v > 0):
+      raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1):
+    raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
 
 
 def _check_save_at(save_at, t0, t1):
@@ -127,6 +142,7 @@ def integrate(
       raise ValueError(f"solver {solver!r} is adaptive: use rtol/atol, not steps")
     if save_trajectory:
       raise ValueError("save_trajectory is for fixed-step solvers; use save_at with dopri5")
+    check_tolerances(rtol, atol, max_steps)
     controller = StepSizeController(rtol=rtol, atol=atol)
     x1, info = integrate_adaptive(tableau, v, x0, t0, t1, controller, dt0, max_steps, save_at)
   if save_at is not None:

@@ -91,6 +91,19 @@ def _trim_metrics(path: str, max_step: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
+  """Counts the steps in `(first, last]` whose coupling solver did not converge; warns once if any."""
+  count = sum(int(s["count"]) for s in stats_list)
+  bad = count - int(round(sum(float(s["sums"]["converged"]) for s in stats_list)))
+  if bad:
+    hint = ("raise coupling.max_iterations or coupling.threshold" if hasattr(coupling, "max_iterations")
+            else "the JAX auction hit its round limit; try another coupling.solver")
+    log.warning("warning: the %s coupling did not converge on %d of %d batches in steps %d-%d (%.0f%%), "
+                "so those pairs are approximate: %s", type(coupling).__name__, bad, count, first + 1, last,
+                100.0 * bad / max(count, 1), hint)
+  return bad
+
+
 def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
 
@@ -173,6 +186,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     row["steps_per_sec"] = (at_step - last_step) / max(now - last_time, 1e-9)
     row["examples_per_sec"] = row["steps_per_sec"] * tc.batch_size
     row["lr"] = float(lr_schedule(at_step - 1))
+    if "converged" in row:
+      row["coupling_unconverged"] = _warn_unconverged(run.method.coupling, stats_list, last_step, at_step)
     last_time, last_step = now, at_step
     if partitioning.is_writer():
       with open(metrics_path, "a") as f:

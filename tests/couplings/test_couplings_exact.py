@@ -98,3 +98,19 @@ def test_auction_degenerate_ties():
   x = jnp.zeros((16, 3))  # all costs equal: every permutation optimal
   perm = np.asarray(fm.couplings.assignment(fm.couplings.sqdist(x, x), "auction"))
   assert sorted(perm.tolist()) == list(range(16))
+
+
+def test_auction_round_limit_is_reported():
+  """The JAX auction that hits its round limit says so in `info["converged"]` (a greedy completion)."""
+  x0, x1 = _data(11, 64, 2)
+  couple = fm.couplings.make("exact", solver="auction", max_rounds=2)
+  _, x1p, info = jax.jit(couple)(jax.random.PRNGKey(0), x0, x1)
+  assert not bool(info["converged"])
+  assert sorted(map(tuple, np.asarray(x1p).tolist())) == sorted(map(tuple, np.asarray(x1).tolist()))
+  for solver in ("auction", "host_auction", "hungarian"):
+    _, _, info = fm.couplings.make("exact", solver=solver)(jax.random.PRNGKey(0), x0, x1)
+    assert bool(info["converged"]), solver
+  _, _, info = fm.couplings.make("exact", solver="auction", max_rounds=2)(jax.random.PRNGKey(0), x0, x1[:32])
+  assert not bool(info["converged"])   # unequal sizes: the plan's assignment reports too
+  with pytest.raises(ValueError, match="max_rounds"):
+    fm.couplings.make("exact", max_rounds=0)

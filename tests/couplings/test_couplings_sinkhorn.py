@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.optimize
 
 import fm
@@ -108,3 +109,29 @@ def test_sb_epsilon():
   np.testing.assert_allclose(info["epsilon"], 2.0)
   p = fm.couplings.plan(x0, x1, method="sb", sigma=0.5)
   np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("sb", {"sigma": 0.0}), ("sb", {"sigma": -1.0}), ("sb", {"sigma": 1e-30}), ("sb", {"sigma": 1e30}),
+    ("sb", {"sigma": float("nan")}), ("sinkhorn", {"epsilon": 0.0}), ("sinkhorn", {"epsilon": -0.1}),
+    ("sinkhorn", {"epsilon": float("inf")}), ("sinkhorn", {"relative": 0.0}),
+    ("sinkhorn", {"threshold": 0.0}), ("sinkhorn", {"max_iterations": 0}),
+])
+def test_degenerate_epsilon_refused_at_make(name, kw):
+  """epsilon = 0 (sigma = 0 for SB, or a sigma whose 2 sigma^2 under/overflows float32) makes the plan NaN."""
+  with pytest.raises(ValueError) as e:
+    fm.couplings.make(name, **kw)
+  assert str(e.value).count(".") <= 3 and "\n" not in str(e.value)
+  assert list(kw)[0] in str(e.value)
+
+
+def test_sigma_zero_plan_would_be_nan():
+  """What the refusal prevents: at epsilon = 0 the Sinkhorn plan is not a plan."""
+  x0, x1 = _data(8, 16, 2)
+  log_plan, _ = fm.couplings.sinkhorn.solve(x0, x1, epsilon=0.0)
+  assert not np.isfinite(np.asarray(log_plan)).all()
+
+
+def test_integral_float_max_iterations_from_config():
+  """Config overrides of optional keys arrive as floats; 5.0 is an integer count."""
+  assert fm.couplings.make("sinkhorn", max_iterations=5.0).max_iterations == 5

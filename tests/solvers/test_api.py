@@ -144,3 +144,10 @@ def test_degenerate_inputs(name):
   assert info["trajectory"].shape == (0, 5, 2)
   with pytest.raises(ValueError, match="1D"):
     integrate(_linear, X0, name, save_at=jnp.float32(0.5), **kw)
+
+
+@pytest.mark.parametrize("rtol,atol", [(0.0, 0.0), (-1.0, 1e-5), (float("nan"), 1e-5), (1e-5, float("inf"))])
+def test_dopri5_refuses_degenerate_tolerances(rtol, atol):
+  """rtol = atol = 0 (or < 0, NaN) never accepts a step: dopri5 would return x0 after max_steps steps."""
+  with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+    fm.solvers.integrate(lambda t, x: -x, jnp.ones((2, 2)), solver="dopri5", rtol=rtol, atol=atol)

@@ -102,3 +102,22 @@ def test_reflow(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="reflow.teacher"):
     loop.prepare(tiny_config(method="rf", reflow__teacher=str(tmp_path / "nope")), str(tmp_path / "x"))
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_unconverged_coupling_is_counted_and_warned(tmp_path, caplog):
+  """A Sinkhorn plan cut at max_iterations is counted per log row and warned once per log interval."""
+  import logging
+  workdir = str(tmp_path / "sb")
+  config = tiny_config(method="sbcfm", coupling__max_iterations=1, coupling__threshold=1e-9)
+  with caplog.at_level(logging.WARNING, logger="fm"):
+    loop.train(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  assert [r["coupling_unconverged"] for r in rows] == [20, 20]
+  assert all(r["converged"] == 0.0 for r in rows)
+  warned = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
+  assert len(warned) == 2 and "20 of 20 batches" in warned[0] and "coupling.max_iterations" in warned[0]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="fm"):   # converged: counted as 0, no warning
+    loop.train(tiny_config(method="sbcfm", train__steps=20), str(tmp_path / "ok"))
+  assert not [r for r in caplog.records if "did not converge" in r.getMessage()]
