@@ -102,14 +102,62 @@ def _sample(args, overrides):
 
 
 def _eval(args, overrides):
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
   from fm.train import run  # pylint: disable=g-import-not-at-top
   del overrides
   run.check_workdir(args.workdir)
-  result = evaluate.evaluate_workdir(args.workdir)
-  print(json.dumps(result, indent=2))
-  for warning in result.get("warnings", []):
-    print(f"fm: warning: {warning}", file=sys.stderr)
+  kind = run.read_source_info(args.workdir)["kind"]
+  metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+  opts = runner.Options(
+      metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
+      steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
+      inception=args.inception, fid_batch_size=args.fid_batch_size, bpd_num=args.bpd_num,
+      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes)
+  try:
+    runner.check(kind, opts, args.nfe_sweep)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if args.nfe_sweep:
+    rows, paths, skipped = runner.sweep(args.workdir, args.nfe_sweep, opts)
+    for why in skipped.values():
+      print(why)
+    if not rows:
+      raise UsageError(f"nothing to sweep: {' '.join(skipped.values())}")
+    with open(paths["md"]) as f:
+      print(f.read(), end="")
+    print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}; every point's records appended to "
+          f"{os.path.join(args.workdir, 'eval.jsonl')}")
+    return
+  results, skipped = runner.evaluate(args.workdir, opts)
+  print(json.dumps(results, indent=2))
+  for why in skipped.values():
+    print(why)
+
+
+def _fid_stats(args, overrides):
+  from fm.evaluate import fid, reference  # pylint: disable=g-import-not-at-top
+  if overrides:
+    raise UsageError(f"fm fid-stats: unrecognized arguments: --config.{overrides[0][0]}")
+  data = {"name": args.data_name, "path": args.data_path, "dataset": args.data_dataset,
+          "split": args.data_split, "image_size": args.data_image_size, "limit": args.data_limit}
+  try:
+    kwargs = reference.load_kwargs(data)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if args.batch_size <= 0:
+    raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+  out = args.out or reference.default_out(kwargs)
+  if not out.endswith(".npz"):
+    raise UsageError(f"--out must end in .npz, got {out!r}")
+  if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
+    raise UsageError(f"directory of --out {out!r} does not exist")
+  weights = args.inception or fid.default_weights_path()
+  if not os.path.isfile(weights):
+    raise UsageError(f"no Inception weights at {weights}; get them with `python -c \"from fm.evaluate import "
+                     f"fid; fid.download_weights()\"` (downloads {fid.WEIGHTS_URL}) or pass --inception PATH")
+  info = reference.write(kwargs, out, weights, args.batch_size)
+  print(f"wrote {info['out']}: mu, sigma of {info['num']} images ({info['data']}; "
+        f"Inception sha256 {info['inception_sha256'][:12]})")
 
 
 def _sweep(args, overrides):
@@ -193,12 +241,53 @@ def _parser() -> argparse.ArgumentParser:
   _add_distributed_flags(p)
   p.set_defaults(fn=_sample)
 
-  p = sub.add_parser("eval", help="evaluate a trained run (writes WORKDIR/eval.json)",
-                     description="W2 to held-out target samples (dopri5 and Euler), dopri5 NFE and "
-                                 "normalised path energy of the run's latest EMA checkpoint.")
+  p = sub.add_parser("eval", help="evaluate a trained run (appends to WORKDIR/eval.jsonl)",
+                     description="Metrics of a run's EMA checkpoint, each appended as one line to "
+                                 "WORKDIR/eval.jsonl with its provenance (data, seed, solver, tolerances or steps, "
+                                 "NFE, sample count, Inception weights hash, fm's git commit). Image runs: fid, bpd; "
+                                 "toy runs: w2, path_energy, nll. Unset options come from the run's eval section.")
   p.add_argument("--workdir", required=True)
+  p.add_argument("--metrics", default=None, help="comma-separated (default: all of the run's kind; "
+                                                  "with --nfe-sweep: fid for images, w2 for toys)")
+  p.add_argument("--num", type=int, default=None, help="generated samples (default 50000 for images, "
+                                                        "eval.num_samples for toys)")
+  p.add_argument("--seed", type=int, default=None, help="noise / held-out seed (default eval.seed)")
+  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
+  p.add_argument("--rtol", type=float, default=None, help="dopri5 (default eval.rtol)")
+  p.add_argument("--atol", type=float, default=None, help="dopri5 (default eval.atol)")
+  p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--batch-size", type=int, default=None, help="images per solver call (default eval.batch_size)")
+  p.add_argument("--fid-stats", default=None, help="reference mu/sigma .npz (fm fid-stats, pytorch-fid, clean-fid); "
+                                                    "default: computed from the run's data and cached")
+  p.add_argument("--inception", default=None, help="FID Inception weights (.pth or .npz; default "
+                                                    "fm.evaluate.fid.default_weights_path())")
+  p.add_argument("--fid-batch-size", type=int, default=50, help="images per Inception call (default 50)")
+  p.add_argument("--bpd-num", type=int, default=10000, help="held-out images for bits/dim (default 10000)")
+  p.add_argument("--bpd-batch-size", type=int, default=64, help="images per likelihood solve (default 64)")
+  p.add_argument("--divergence", default=None, help="exact | hutchinson (default: hutchinson for images, "
+                                                     "exact for toys)")
+  p.add_argument("--num-probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
+  p.add_argument("--nfe-sweep", default=None, metavar="SOLVER:V1,V2,...",
+                 help="e.g. euler:1,2,5,10,20,50,100 (steps) or dopri5:1e-2,1e-3 (tolerances): writes "
+                      "WORKDIR/nfe_sweep_SOLVER.{md,csv,png}")
   _add_distributed_flags(p)
   p.set_defaults(fn=_eval)
+
+  p = sub.add_parser("fid-stats", help="FID reference statistics (mu, sigma) of an image source",
+                     description="Inception pool3 mean and covariance of every image of a data source "
+                                 "(fm.data registry options), written as an .npz that fm eval --fid-stats, "
+                                 "pytorch-fid and clean-fid read.")
+  p.add_argument("--data.name", dest="data_name", default="images")
+  p.add_argument("--data.path", dest="data_path", default="", help="image folder or tarball")
+  p.add_argument("--data.dataset", dest="data_dataset", default="", help="tensorflow-datasets name instead")
+  p.add_argument("--data.split", dest="data_split", default="train")
+  p.add_argument("--data.image_size", dest="data_image_size", type=int, default=0, help="0 = as stored")
+  p.add_argument("--data.limit", dest="data_limit", type=int, default=0, help="0 = all images")
+  p.add_argument("--out", default=None, help="output .npz (default NAME_SPLIT.npz, e.g. cifar10_train.npz)")
+  p.add_argument("--inception", default=None, help="Inception weights (default fm.evaluate.fid.default_weights_path())")
+  p.add_argument("--batch-size", type=int, default=50, help="images per Inception call (default 50)")
+  p.set_defaults(fn=_fid_stats)
 
   p = sub.add_parser("sweep", help="grid of runs with a mean ± std table and a figure",
                      description="Train and evaluate every grid point in WORKDIR/<point>/, then write "

@@ -16,7 +16,11 @@ import jax.numpy as jnp
 
 from fm.data.base import Source
 
-__all__ = ["sample", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES", "TASKS"]
+__all__ = ["sample", "log_prob", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES",
+           "TASKS", "DENSITIES"]
+
+_EIGHT_RADIUS = 5.0
+_EIGHT_VAR = 0.1 ** 0.5   # per-coordinate variance of each 8gaussians component (std 0.1 ** 0.25)
 
 
 def _gaussian(key, n):
@@ -25,10 +29,13 @@ def _gaussian(key, n):
 
 def _eight_gaussians(key, n):
   k_c, k_n = jax.random.split(key)
-  angles = jnp.arange(8) * (math.pi / 4)
-  centres = 5.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
   idx = jax.random.randint(k_c, (n,), 0, 8)
-  return centres[idx] + 0.1 ** 0.25 * jax.random.normal(k_n, (n, 2))
+  return _eight_centres()[idx] + 0.1 ** 0.25 * jax.random.normal(k_n, (n, 2))
+
+
+def _eight_centres():
+  angles = jnp.arange(8) * (math.pi / 4)
+  return _EIGHT_RADIUS * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
 
 
 def _moons(key, n):
@@ -77,6 +84,21 @@ _SAMPLERS = {
     "scurve": _scurve, "checkerboard": _checkerboard, "circles": _circles, "spirals": _spirals,
 }
 NAMES = tuple(_SAMPLERS)
+
+
+def _gaussian_log_prob(x):
+  return -0.5 * jnp.sum(jnp.square(x), axis=-1) - math.log(2 * math.pi)
+
+
+def _eight_gaussians_log_prob(x):
+  """log of (1/8) sum_k N(x; c_k, s^2 I), s^2 = sqrt(0.1), as a log-sum-exp."""
+  d2 = jnp.sum(jnp.square(x[..., None, :] - _eight_centres()), axis=-1)   # [..., 8]
+  return (jax.scipy.special.logsumexp(-0.5 * d2 / _EIGHT_VAR, axis=-1) - math.log(8.0)
+          - math.log(2 * math.pi * _EIGHT_VAR))
+
+
+_DENSITIES = {"gaussian": _gaussian_log_prob, "8gaussians": _eight_gaussians_log_prob}
+DENSITIES = tuple(_DENSITIES)   # toys whose log density is known in closed form
 # The 2D protocol of Tong et al. (TMLR 2024).
 TASKS = ("gaussian->8gaussians", "gaussian->moons", "8gaussians->moons", "gaussian->scurve")
 
@@ -90,6 +112,18 @@ def sample(name: str, key, n: int):
   """Draws `[n, 2]` float32 samples of toy `name`; jittable in `key`."""
   _check(name)
   return _SAMPLERS[name](key, n).astype(jnp.float32)
+
+
+def log_prob(name: str, x):
+  """Closed-form log density `[n]` of toy `name` at `x` `[n, 2]` (only the toys in DENSITIES).
+
+  The others are defined by a sampler only (moons, circles, ... have no simple density);
+  ValueError names the toys that have one.
+  """
+  _check(name)
+  if name not in _DENSITIES:
+    raise ValueError(f"toy {name!r} has no closed-form density; toys with one: {', '.join(DENSITIES)}")
+  return _DENSITIES[name](jnp.asarray(x))
 
 
 def parse_task(task: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Matplotlib (Agg) figures: sample scatter plots and flow trajectories."""
+"""Matplotlib (Agg) figures: sample scatter plots, flow trajectories, metric against NFE."""
 from __future__ import annotations
 
 import matplotlib
@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-__all__ = ["scatter", "draw_trajectories", "trajectories_figure"]
+__all__ = ["scatter", "draw_trajectories", "trajectories_figure", "nfe_curves"]
 
 
 def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> None:
@@ -43,6 +43,25 @@ def trajectories_figure(path: str, panels: list[tuple[str, np.ndarray]],
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
   for ax, (title, traj) in zip(axes[0], panels):
     draw_trajectories(ax, traj, title, reference)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def nfe_curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]], title: str = "") -> None:
+  """One panel per metric `(ylabel, {series label: (nfe, values)})`: metric against NFE (log x)."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  for ax, (ylabel, series) in zip(axes[0], panels):
+    for label, (nfe, values) in series.items():
+      ax.plot(nfe, values, marker="o", ms=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(series) > 1:
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

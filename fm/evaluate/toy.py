@@ -10,24 +10,32 @@ Source and held-out target samples come from `eval.seed`, on key streams that
 training never uses. Samples are integrated sharded over every device (the same
 values on any device count, see `fm.evaluate.sampling`); the metrics are then
 computed on the host copy, on one local device, and only process 0 writes.
+
+`fm eval` (`fm.evaluate.runner`) also uses `w2_at` (W2 and NFE at any solver
+setting) and `nll`: the negative log-likelihood in nats of the held-out target
+samples, -mean log p1(y), by the CNF change of variables (`fm.likelihood`)
+where the source density is known in closed form (`fm.data.toys.DENSITIES`).
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm import metrics
+from fm import likelihood, metrics, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
 from fm.train import partitioning, run as run_lib
 
 _w2 = jax.jit(metrics.w2)
 
-__all__ = ["generate", "evaluate", "evaluate_workdir", "sample_workdir", "eval_keys"]
+__all__ = ["generate", "evaluate", "evaluate_workdir", "sample_workdir", "eval_keys", "w2_at", "path_energy_at", "nll",
+           "nll_unavailable"]
 
 
 def eval_keys(seed: int):
@@ -67,6 +75,82 @@ def evaluate(model, params, task: str, num_samples: int = 1000, seed: int = 0,
       "normalized_path_energy": float(metrics.normalized_path_energy(pe, w2_source ** 2)),
       "w2_source_target": float(w2_source),
   }
+
+
+def _solver_kwargs(solver, rtol, atol, steps):
+  if solver in solvers.ADAPTIVE:
+    return {"rtol": float(rtol), "atol": float(atol), "steps": None}
+  return {"rtol": 1e-5, "atol": 1e-5, "steps": int(steps)}
+
+
+def w2_at(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver: str = "dopri5",
+          rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None) -> dict:
+  """W2(samples, held-out target) and the NFE of one solver setting (the samples of `evaluate`)."""
+  source, target = toys.parse_task(task)
+  k_src, k_tgt = eval_keys(seed)
+  x0 = toys.sample(source, k_src, num_samples)
+  y = toys.sample(target, k_tgt, num_samples)
+  x1, info = generate(model, params, x0, solver, **_solver_kwargs(solver, rtol, atol, steps))
+  return {"value": float(_w2(x1, y)), "nfe": int(info["nfe"]), "num_samples": num_samples,
+          "success": bool(info.get("success", True))}
+
+
+def path_energy_at(model, params, task: str, num_samples: int = 1000, seed: int = 0,
+                   euler_steps: int = 100) -> dict:
+  """Path energy of the `euler_steps` Euler trajectory, its normalised form and that run's W2."""
+  source, target = toys.parse_task(task)
+  k_src, k_tgt = eval_keys(seed)
+  x0 = toys.sample(source, k_src, num_samples)
+  y = toys.sample(target, k_tgt, num_samples)
+  x1, info = generate(model, params, x0, "euler", steps=euler_steps, save_trajectory=True)
+  pe = metrics.path_energy(info["trajectory"], info["ts"])
+  w2_source = _w2(x0, y)
+  return {"value": float(pe), "normalized_path_energy": float(metrics.normalized_path_energy(pe, w2_source ** 2)),
+          "w2_source_target": float(w2_source), "w2_euler": float(_w2(x1, y)), "num_samples": num_samples,
+          "nfe": int(info["nfe"])}
+
+
+def nll_unavailable(task: str) -> str | None:
+  """None if the task's source density is known; else the sentence saying NLL is skipped."""
+  source, _ = toys.parse_task(task)
+  if source in toys.DENSITIES:
+    return None
+  return (f"NLL skipped: the source {source!r} of this run has no closed-form density (known for: "
+          f"{', '.join(toys.DENSITIES)}), so log p1 = log p0(x0) - int div v cannot be evaluated.")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "source", "divergence", "num_probes", "solver", "rtol",
+                                             "atol", "steps"))
+def _log_prob(model, params, y, key, source, divergence, num_probes, solver, rtol, atol, steps):
+  v = run_lib.velocity(model, params)
+  logp, info = likelihood.log_prob(v, y, key=key, divergence=divergence, num_probes=num_probes,
+                                   solver=solver, rtol=rtol, atol=atol, steps=steps,
+                                   log_p0=lambda x: toys.log_prob(source, x))
+  return logp, info["nfe"], info["success"]
+
+
+def nll(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver: str = "dopri5",
+        rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, divergence: str = "exact",
+        num_probes: int = 1) -> dict:
+  """Test NLL (nats) of `num_samples` held-out target samples (the W2 reference points of `evaluate`).
+
+  log p1(y) = log p0(x0) - int_0^1 div v dt, integrated from t = 1 to 0 in one
+  batch (dopri5: one shared step size); p0 the source's closed-form density.
+  `value` = -mean log p1(y); `nll_sem` its standard error over the samples.
+  Hutchinson probes (if chosen) come from `fold_in(target key, 1)`.
+  """
+  why = nll_unavailable(task)
+  if why:
+    raise ValueError(why)
+  source, target = toys.parse_task(task)
+  k_tgt = eval_keys(seed)[1]
+  y = toys.sample(target, k_tgt, num_samples)
+  logp, nfe, ok = _log_prob(model, params, y, jax.random.fold_in(k_tgt, 1), source, divergence,
+                            int(num_probes), solver, **_solver_kwargs(solver, rtol, atol, steps))
+  logp = np.asarray(logp, np.float64)
+  return {"value": float(-logp.mean()), "nll_sem": float(logp.std(ddof=1) / math.sqrt(len(logp))),
+          "num_samples": num_samples, "nfe": int(nfe), "success": bool(ok), "divergence": divergence,
+          "num_probes": None if divergence == "exact" else int(num_probes), "source_density": source}
 
 
 def evaluate_workdir(workdir: str) -> dict:

@@ -1,0 +1,262 @@
+"""`fm eval` on image runs: FID end to end vs by hand, eval.jsonl, missing weights, bits/dim, NFE sweep, fid-stats.
+
+The image run is an MLP trained for a few steps on a tiny folder of PNGs (train/ and
+test/ splits). Fast tests replace the Inception network by a cheap 4-d feature map
+(`cheap_features`), so they check the plumbing (sampling, reference statistics and
+their cache, records) against the same computation done by hand with fm.evaluate.fid;
+the slow test runs the real network under seeded random weights.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from fm import cli, likelihood
+from fm import config as config_lib
+from fm import evaluate
+from fm.data import images as images_lib
+from fm.evaluate import fid, image_metrics, records, reference, runner
+from fm.train import loop
+from fm.train import run as run_lib
+from train.helpers import ROOT
+
+
+def _folder(root, n_train=10, n_test=6, size=8):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, n in (("train", n_train), ("test", n_test)):
+    d = os.path.join(root, split, "c")
+    os.makedirs(d)
+    for i in range(n):
+      base = rng.integers(40, 216, (1, 1, 3))
+      img = np.clip(base + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(img).save(os.path.join(d, f"{i:03d}.png"))
+  return root
+
+
+def _config(folder, **overrides):
+  config = config_lib.load(os.path.join(ROOT, "configs", "cifar10.py") + ":smoke")
+  config.model = ml_collections.ConfigDict({"name": "mlp", "width": 32, "depth": 2, "activation": "selu"})
+  base = {"data.path": folder, "data.image_size": "0", "train.steps": "10", "train.batch_size": "8",
+          "train.steps_per_call": "10", "train.log_every": "10", "train.checkpoint_every": "10",
+          "eval.every": "0", "train.warmup_steps": "0", "eval.batch_size": "4"}
+  base.update(overrides)
+  config = config_lib.apply_overrides(config, list(base.items()))
+  config_lib.validate(config)
+  return config
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("fm_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache, monkeypatch):
+  monkeypatch.setenv("FM_CACHE", cache)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, cache):
+  mp = pytest.MonkeyPatch()
+  mp.setenv("FM_CACHE", cache)
+  root = tmp_path_factory.mktemp("img")
+  folder = _folder(str(root / "data"))
+  workdir = str(root / "run")
+  loop.train(_config(folder), workdir)
+  mp.undo()
+  return workdir, folder
+
+
+def cheap_features(params, images, batch_size=50):
+  """Stand-in for the Inception: per-channel means and the overall std, `[N, 4]` float32."""
+  del params, batch_size
+  x = np.asarray(images, np.float32) / 255
+  return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2, 3))[:, None]], axis=1)
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch, tmp_path):
+  calls = []
+
+  def features(params, images, batch_size=50):
+    calls.append(len(images))
+    return cheap_features(params, images, batch_size)
+
+  monkeypatch.setattr(fid, "inception_features", features)
+  monkeypatch.setattr(fid, "load_inception", lambda path=None: {"dummy": np.zeros(1)})
+  weights = tmp_path / "weights.pth"
+  weights.write_bytes(os.urandom(1000))
+  return str(weights), calls
+
+
+def by_hand_fid(workdir, folder, tmp_path, features, params=None, **kw):
+  out = str(tmp_path / "by_hand.npz")
+  evaluate.sample_workdir(workdir, out, progress=False, **kw)
+  with np.load(out) as f:
+    samples = f["samples"]
+  ref, _ = images_lib.load(path=folder, split="train")
+  m1, s1 = fid.statistics(features(params, samples))
+  m2, s2 = fid.statistics(features(params, ref))
+  return fid.frechet_distance(m1, s1, m2, s2)
+
+
+def test_fid_end_to_end(image_run, cheap_inception, tmp_path):
+  workdir, folder = image_run
+  weights, calls = cheap_inception
+  opts = runner.Options(metrics=("fid",), num=9, solver="euler", steps=3, seed=2, inception=weights,
+                        progress=False)
+  before = records.read(workdir)
+  recs, skipped = runner.evaluate(workdir, opts)
+  assert skipped == {} and [r["metric"] for r in recs] == ["fid"]
+  f = recs[0]
+  want = by_hand_fid(workdir, folder, tmp_path, cheap_features, solver="euler", steps=3, num=9, seed=2,
+                     batch_size=4)
+  assert f["value"] == pytest.approx(want, rel=1e-9, abs=1e-12) and f["value"] > 0
+  # Provenance: 3 batches of 4 (last padded), 3 Euler steps each.
+  assert f["nfe"] == 3 and f["nfe_total"] == 9 and f["num_samples"] == 9 and f["steps"] == 3
+  assert f["solver"] == "euler" and f["seed"] == 2 and f["step"] == 10 and "rtol" not in f
+  with open(weights, "rb") as fh:
+    assert f["inception_sha256"] == hashlib.sha256(fh.read()).hexdigest()
+  assert f["fm_commit"] == records.git_commit() and len(f["fm_commit"]) >= 40
+  assert folder in f["data"] and f["reference_num"] == 10 and not f["reference_cached"]
+  assert calls == [10, 9]   # reference (10 train images), then the samples
+
+  # A second evaluation appends (never overwrites) and reuses the cached reference statistics.
+  recs2, _ = runner.evaluate(workdir, opts)
+  after = records.read(workdir)
+  assert after[:len(before)] == before and after[len(before):] == [f, recs2[0]]
+  assert recs2[0]["reference_cached"] and recs2[0]["value"] == f["value"] and calls[-1] == 9
+  assert os.path.dirname(recs2[0]["reference"]) == str(reference.cache_dir())
+
+
+def test_bpd_end_to_end(image_run):
+  """Bits/dim of 5 of the 6 test images, as fm.likelihood gives them by hand."""
+  workdir, folder = image_run
+  opts = runner.Options(metrics=("bpd",), solver="euler", steps=3, seed=2, bpd_num=5, bpd_batch_size=8)
+  (b,), _ = runner.evaluate(workdir, opts)
+  assert np.isfinite(b["value"]) and b["num_images"] == 5 and "split=test" in b["held_out"]
+  assert b["divergence"] == "hutchinson-rademacher" and b["nfe"] == 3 and b["network_passes_per_nfe"] == 3
+  held, _ = image_metrics.held_out({"path": folder, "split": "train"}, 5, 2)
+  test_all, _ = images_lib.load(path=folder, split="test")
+  assert len(held) == 5 and all(any((h == t).all() for t in test_all) for h in held)
+  run, params, _ = run_lib.load(workdir)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(2), 0xB9D), 0)
+  bpd, _ = likelihood.bits_per_dim(run_lib.velocity(run.model, params), held, key=key, solver="euler", steps=3)
+  assert b["value"] == pytest.approx(float(np.mean(np.asarray(bpd, np.float64))), rel=1e-5)
+
+
+def test_missing_weights_skips_fid_only(image_run, capsys, tmp_path):
+  workdir, _ = image_run
+  n = len(records.read(workdir))
+  absent = str(tmp_path / "absent.pth")
+  code = cli.main(["eval", "--workdir", workdir, "--inception", absent, "--num", "4", "--bpd-num", "3",
+                   "--solver", "euler", "--steps", "2"])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  lines = [l for l in out.splitlines() if "FID skipped" in l]
+  assert len(lines) == 1 and absent in lines[0] and "download_weights" in lines[0] and fid.WEIGHTS_URL in lines[0]
+  assert lines[0].count(". ") == 0 and lines[0].endswith(".")   # one sentence
+  new = records.read(workdir)[n:]
+  assert [r["metric"] for r in new] == ["bpd"] and np.isfinite(new[0]["value"]) and new[0]["num_images"] == 3
+
+
+def test_fid_stats_file_and_cli(image_run, cheap_inception, capsys, tmp_path):
+  workdir, folder = image_run
+  weights, _ = cheap_inception
+  out = str(tmp_path / "ref.npz")
+  code = cli.main(["fid-stats", "--data.path", folder, "--out", out, "--inception", weights])
+  assert code == 0, capsys.readouterr().err
+  ref, _ = images_lib.load(path=folder, split="train")
+  mu, sigma = fid.load_statistics(out)
+  m, s = fid.statistics(cheap_features(None, ref))
+  np.testing.assert_array_equal(mu, m)
+  np.testing.assert_array_equal(sigma, s)
+  # A precomputed file in pytorch-fid's format (mu, sigma only) is taken as it is.
+  np.savez(tmp_path / "plain.npz", mu=m[::-1].copy(), sigma=s[::-1, ::-1].copy())
+  recs, _ = runner.evaluate(workdir, runner.Options(metrics=("fid",), num=6, solver="euler", steps=2,
+                                                    fid_stats=str(tmp_path / "plain.npz"), inception=weights,
+                                                    progress=False))
+  evaluate.sample_workdir(workdir, str(tmp_path / "s.npz"), solver="euler", steps=2, num=6, seed=0, batch_size=4,
+                          progress=False)
+  with np.load(tmp_path / "s.npz") as f:
+    samples_feats = cheap_features(None, f["samples"])
+  want = fid.frechet_distance(*fid.statistics(samples_feats), m[::-1], s[::-1, ::-1])
+  assert recs[0]["value"] == pytest.approx(want, rel=1e-9)
+  assert recs[0]["reference"] == str(tmp_path / "plain.npz") and "reference_sha256" in recs[0]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["fid-stats", "--data.path", "/nonexistent"], "does not exist"),
+    (["fid-stats", "--data.path", "FOLDER", "--data.name", "toy"], "image source"),
+    (["fid-stats", "--data.path", "FOLDER", "--inception", "/nonexistent.pth"], "download_weights"),
+    (["eval", "--workdir", "RUN", "--metrics", "w2"], "choose from: fid, bpd"),
+    (["eval", "--workdir", "RUN", "--nfe-sweep", "euler"], "euler:1,2,5,10"),
+    (["eval", "--workdir", "RUN", "--divergence", "hutch"], "exact, hutchinson"),
+    (["eval", "--workdir", "RUN", "--fid-stats", "/nonexistent.npz"], "not a file"),
+    (["eval", "--workdir", "RUN", "--step", "7"], "no checkpoint at step 7"),
+])
+def test_bad_input_exits_2(image_run, capsys, argv, match):
+  workdir, folder = image_run
+  n = len(records.read(workdir))
+  argv = [{"RUN": workdir, "FOLDER": folder}.get(a, a) for a in argv]
+  code = cli.main(argv)
+  _, err = capsys.readouterr()
+  assert code == 2 and match in err and err.count("\n") == 1, err
+  assert len(records.read(workdir)) == n
+
+
+def test_nfe_sweep_images(image_run, cheap_inception, capsys):
+  workdir, _ = image_run
+  weights, _ = cheap_inception
+  code = cli.main(["eval", "--workdir", workdir, "--nfe-sweep", "euler:1,2,4", "--metrics", "fid", "--num", "5",
+                   "--inception", weights])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  with open(os.path.join(workdir, "nfe_sweep_euler.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["steps"]) for r in rows] == [1, 2, 4] and [float(r["nfe"]) for r in rows] == [1, 2, 4]
+  assert all(np.isfinite(float(r["fid"])) for r in rows)
+  assert os.path.getsize(os.path.join(workdir, "nfe_sweep_euler.png")) > 1000
+  with open(os.path.join(workdir, "nfe_sweep_euler.md")) as f:
+    assert "| FID |" in f.read()
+  assert "| euler | 4 | 4 |" in out
+  swept = [r for r in records.read(workdir) if r.get("sweep") == "euler:1,2,4"]
+  assert [r["steps"] for r in swept] == [1, 2, 4]
+
+
+def test_held_out_without_test_split(tmp_path):
+  from PIL import Image
+  d = tmp_path / "flat"
+  d.mkdir()
+  for i in range(7):
+    Image.fromarray(np.full((4, 4, 3), 30 * i, np.uint8)).save(d / f"{i}.png")
+  arr, where = image_metrics.held_out({"path": str(d), "split": "train", "limit": 5}, 10, 0)
+  np.testing.assert_array_equal(arr[:, 0, 0, 0], [150, 180])
+  assert "after data.limit" in where
+  arr, why = image_metrics.held_out({"path": str(d), "split": "train"}, 10, 0)
+  assert arr is None and "no test split" in why and "data.limit" in why
+
+
+@pytest.mark.slow
+def test_fid_real_network_random_weights(image_run, tmp_path):
+  """The real Inception under seeded random weights: fm eval's FID equals fid.* by hand."""
+  from evaluate.inception_weights import random_state_dict
+  workdir, folder = image_run
+  with np.load(os.path.join(ROOT, "tests", "fixtures", "fid_inception.npz")) as f:
+    spec = json.loads(str(f["spec"]))
+  weights = tmp_path / "inception.npz"
+  np.savez(weights, **random_state_dict(spec, seed=0))
+  recs, _ = runner.evaluate(workdir, runner.Options(metrics=("fid",), num=4, solver="euler", steps=2,
+                                                    inception=str(weights), fid_batch_size=5, progress=False))
+  params = fid.load_inception(weights)
+  want = by_hand_fid(workdir, folder, tmp_path, lambda p, x: fid.inception_features(p, x, batch_size=5),
+                     params, solver="euler", steps=2, num=4, seed=0, batch_size=4)
+  assert recs[0]["value"] == pytest.approx(want, rel=1e-6) and recs[0]["value"] > 0
