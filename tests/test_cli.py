@@ -22,7 +22,7 @@ def _main(capsys, argv):
     (["--config.method=otfm"], "valid choices: icfm, rf, otcfm, sbcfm, fm, vp"),
     (["--config.data.task=gaussian->moon"], "moons"),
     (["--config.train.steps=ten"], "expected int"),
-    (["--config.train.lr=0.5"], "different config"),   # mismatch with the saved run
+    (["--config.model.width=32"], "different config"),   # mismatch with the saved run
     (["--bogus"], "unrecognized argument"),
 ])
 def test_train_bad_input_exits_2_and_leaves_workdir(capsys, trained_run, extra, match):  # noqa: F811

@@ -130,8 +130,15 @@ def load(workdir: str, step: int | None = None) -> tuple[Run, Any, int]:
                                  f"saved steps: {', '.join(map(str, checkpoint.all_steps(workdir)))}")
   run = build(load_config(workdir), read_source_info(workdir)["shape"])
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  state = ckpt.restore(jax.eval_shape(run.init_state), step)
-  ckpt.close()
+  try:
+    state = ckpt.restore(jax.eval_shape(run.init_state), step)
+  except Exception as e:  # pylint: disable=broad-except
+    others = [s for s in checkpoint.all_steps(workdir) if s != step]
+    hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise config_lib.ConfigError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
+  finally:
+    ckpt.close()
   return run, state.ema_params, step
 
 
