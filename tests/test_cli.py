@@ -139,3 +139,17 @@ def test_eval_marks_numbers_of_an_unfinished_solve(capsys, trained_run, tmp_path
   with open(os.path.join(workdir, "eval.json")) as f:
     result = json.load(f)
   assert result["dopri5_success"] is False and "w2" in result["warnings"][0]
+
+
+def test_sweep_point_failure_does_not_abort_the_sweep(capsys, caplog, tmp_path):
+  import logging
+  workdir = str(tmp_path / "sweep")
+  with caplog.at_level(logging.INFO, logger="fm"):
+    code, out, err = _main(capsys, ["sweep", "--config", SMOKE, "--workdir", workdir, *cli_args(train__steps=20),
+                                    "--grid", "train.lr=1e30,0.001"])   # 1e30 diverges: a NaN stop
+  assert code == 1 and "1 sweep point(s) failed (train.lr=1e30)" in err
+  assert "sweep point 1/2: train.lr=1e30" in caplog.text and "sweep point 2/2: train.lr=0.001" in caplog.text
+  with open(os.path.join(workdir, "table.md")) as f:
+    table = f.read()
+  assert "| 0.001 | 1 |" in table and "Failed points (1" in table and "TrainingError" in table
+  assert os.path.exists(os.path.join(workdir, "figure.png"))
