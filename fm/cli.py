@@ -56,8 +56,10 @@ def _load_config(args, overrides, workdir_fallback: bool):
 
 
 def _train(args, overrides):
-  from fm import train  # pylint: disable=g-import-not-at-top
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides, workdir_fallback=True)
+  config_lib.validate(config)   # before importing the trainer: bad values are answered at once
+  from fm import train  # pylint: disable=g-import-not-at-top
   train.prepare(config, args.workdir)
   result = train.train_and_evaluate(config, args.workdir)
   if isinstance(result, dict):
@@ -95,9 +97,12 @@ def _check_out(out: str) -> None:
 
 
 def _sample(args, overrides):
-  from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
-  from fm.train import run, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
+  workdir_lib.check_run(args.workdir)   # path problems first: they need no JAX
+  out = args.out or os.path.join(args.workdir, "samples.npz")
+  _check_out(out)
+  from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
   if args.solver not in solvers.SOLVERS:
     raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
   if args.solver in solvers.FIXED_STEP and args.steps is None:
@@ -112,9 +117,6 @@ def _sample(args, overrides):
     solvers.check_tolerances(args.rtol, args.atol)
   except ValueError as e:
     raise UsageError(f"--{e}") from None
-  run.check_workdir(args.workdir)
-  out = args.out or os.path.join(args.workdir, "samples.npz")
-  _check_out(out)
   kind = evaluate.kind(args.workdir)
   _check_num(args.workdir, args.num, kind)
   if args.png_dir:
@@ -136,11 +138,11 @@ def _sample(args, overrides):
 
 
 def _eval(args, overrides):
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
-  from fm.train import run, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
-  run.check_workdir(args.workdir)
+  workdir_lib.check_run(args.workdir)
   workdir_lib.check_writable_dir(args.workdir, "workdir")
+  from fm import evaluate  # pylint: disable=g-import-not-at-top
   result = evaluate.evaluate_workdir(args.workdir)
   print(json.dumps(result, indent=2))
   for warning in result.get("warnings", []):

@@ -153,3 +153,18 @@ def test_sweep_point_failure_does_not_abort_the_sweep(capsys, caplog, tmp_path):
     table = f.read()
   assert "| 0.001 | 1 |" in table and "Failed points (1" in table and "TrainingError" in table
   assert os.path.exists(os.path.join(workdir, "figure.png"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["sample", "--help"], ["sample", "--workdir", "/nonexistent"], ["eval", "--workdir", "/"],
+    ["train", "--config", SMOKE, "--workdir", "/tmp/fm-never", "--config.train.lr=nan"],
+    ["train", "--config", SMOKE, "--workdir", "/tmp/fm-never", "--config.train.stpes=1"],
+    ["sweep", "--config", SMOKE, "--workdir", "/tmp/fm-never", "--grid", "method=,"],
+])
+def test_help_and_early_errors_do_not_import_jax(argv):
+  """`fm --help` and errors in paths, flags and the trainer's numbers answer without importing JAX (~1.5 s)."""
+  code = ("import sys\nfrom fm import cli\ntry:\n  cli.main(sys.argv[1:])\nexcept SystemExit:\n  pass\n"
+          "print('JAX' if 'jax' in sys.modules else 'NO-JAX')")
+  res = subprocess.run([PYTHON, "-c", code, *argv], capture_output=True, text=True, env=subprocess_env())
+  assert res.stdout.strip().endswith("NO-JAX"), (res.stdout[-300:], res.stderr[-300:])
+  assert not os.path.exists("/tmp/fm-never")

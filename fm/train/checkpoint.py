@@ -15,9 +15,6 @@ import os
 import sys
 import time
 
-import jax
-import orbax.checkpoint as ocp
-
 __all__ = ["Checkpointer", "latest_step", "all_steps", "checkpoint_dir", "restore_newest_readable",
            "set_aside", "UNREADABLE_DIR"]
 
@@ -47,6 +44,8 @@ class Checkpointer:
   """Saves and restores `TrainState`s; keeps the last `max_to_keep`."""
 
   def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow to import; not needed to list steps)
+    self._ocp = ocp
     if read_only:
       options = ocp.CheckpointManagerOptions(create=False)
     else:
@@ -61,7 +60,7 @@ class Checkpointer:
     """Saves `state` as checkpoint `step` (synchronously, so the caller may donate it next); no-op if it exists."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores into the structure, dtypes and shardings of `abstract_state`.
@@ -71,6 +70,8 @@ class Checkpointer:
     tracebacks of a closed event loop) are drained silently first.
     """
     step = self._manager.latest_step() if step is None else step
+    import jax  # pylint: disable=g-import-not-at-top
+    ocp = self._ocp
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -104,16 +104,8 @@ def read_source_info(workdir: str) -> dict[str, Any]:
 
 def check_workdir(workdir: str) -> int:
   """Raises ConfigError unless `workdir` holds a config.json and a checkpoint; returns its step."""
-  if not os.path.exists(workdir):
-    raise config_lib.ConfigError(f"workdir {workdir!r} does not exist")
-  if not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f"workdir {workdir!r} is a file, not a run directory")
-  if not os.path.isfile(os.path.join(workdir, "config.json")):
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json (not an fm training run)")
-  step = checkpoint.latest_step(workdir)
-  if step is None:
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint yet; run fm train first")
-  return step
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return workdir_lib.check_run(workdir)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

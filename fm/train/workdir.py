@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 from fm import config as config_lib
 
-__all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir",
+__all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir", "check_run",
            "resume_changes", "check_steps", "lock", "append_history", "read_history", "read_metrics",
            "trim_metrics", "write_json_atomic"]
 
@@ -81,6 +81,26 @@ def check_path(workdir: str, create: bool = True, what: str = "workdir") -> None
     raise config_lib.ConfigError(f"{what} {workdir!r} cannot be created: {ancestor!r} is a file")
   check_writable_dir(ancestor, what if ancestor == os.path.abspath(workdir) else
                      f"{what} {workdir!r} cannot be created: directory")
+
+
+def check_run(workdir: str) -> int:
+  """ConfigError unless `workdir` holds a config.json and a checkpoint; returns the latest step.
+
+  Reads only the directory (no JAX), so `fm sample` / `fm eval` answer a wrong path at once.
+  """
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
+  if not workdir:
+    raise config_lib.ConfigError("the workdir must not be empty")
+  if not os.path.exists(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir!r} does not exist")
+  if not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir!r} is a file, not a run directory")
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json (not an fm training run)")
+  step = checkpoint.latest_step(workdir)
+  if step is None:
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint yet; run fm train first")
+  return step
 
 
 def resume_changes(saved: dict[str, Any], config: dict[str, Any], workdir: str) -> dict[str, list]:
