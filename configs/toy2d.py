@@ -15,7 +15,11 @@ path energy 0.005 (otcfm) vs 1.34 (icfm). Two independent 1000-sample draws of
 moons are themselves at W2 ~0.30, so both are at the metric's floor.
 
 Variants (`--config configs/toy2d.py:VARIANT`):
-  smoke   a few hundred steps on a small batch, for tests and a quick look.
+  smoke   300 steps on batch 64 with a short EMA (0.99: a 100-step horizon, so the
+          result is the trained network, not its initialisation), for tests and a
+          quick look (seconds). Measured, seed 0, 8gaussians->moons: W2 0.60 for
+          otcfm and 0.77 for icfm, against 5.65 for the untrained network and 2.62
+          between source and target.
   reflow  2-rectified flow: `--config.reflow.teacher=runs/rf1` (a finished
           `method=rf` run on the same task). `reflow.num_pairs` teacher pairs
           (z0, ODE(z0)) are generated once with `reflow.solver` and stored in
@@ -91,6 +95,7 @@ def get_config(variant=None):
     c.train.steps_per_call = 50
     c.train.log_every = 100
     c.train.checkpoint_every = 100
+    c.train.ema_decay = 0.99   # the default 0.999 would still be ~75% initialisation after 300 steps
     c.eval.num_samples = 200
     c.eval.euler_steps = 20
     c.reflow.num_pairs = 2000

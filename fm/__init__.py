@@ -4,8 +4,25 @@ Submodules by concept: `paths` (probability paths), `couplings` (minibatch
 pairings), `methods` (coupling + path = a named method with a loss), `solvers`
 (ODE integration with exact NFE), `likelihood` (CNF log-density, bits/dim),
 `data`, `models`, `metrics`.
+
+Submodules are imported on first use (`fm.couplings` imports JAX and SciPy),
+so `import fm` and `fm --help` are fast.
 """
-from fm import couplings, data, likelihood, methods, metrics, models, paths, solvers
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["couplings", "data", "likelihood", "methods", "metrics", "models", "paths", "solvers"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+  if name in __all__:
+    module = importlib.import_module(f"fm.{name}")
+    globals()[name] = module
+    return module
+  raise AttributeError(f"module 'fm' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

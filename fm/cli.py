@@ -56,43 +56,79 @@ def _load_config(args, overrides, workdir_fallback: bool):
 
 
 def _train(args, overrides):
-  from fm import train  # pylint: disable=g-import-not-at-top
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides, workdir_fallback=True)
+  config_lib.validate(config)   # before importing the trainer: bad values are answered at once
+  from fm import train  # pylint: disable=g-import-not-at-top
   train.prepare(config, args.workdir)
   result = train.train_and_evaluate(config, args.workdir)
   if isinstance(result, dict):
     print(json.dumps(result, indent=2))
 
 
-def _sample(args, overrides):
-  from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
+def _check_num(workdir: str, num: int, kind: str) -> None:
+  """UsageError if `--num` samples cannot fit in this machine's memory (or in int32 indices)."""
   from fm.train import run  # pylint: disable=g-import-not-at-top
+  size = 1
+  for d in run.read_source_info(workdir)["shape"]:
+    size *= int(d)
+  # Points: one dopri5 solve holds ~10 float32 copies of all samples; images: uint8 on the host.
+  needed = num * size * (40 if kind == "points" else 1)
+  try:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, ValueError, OSError):
+    total = None
+  if num > 2 ** 31 - 1 or (total and needed > total):
+    have = f"this machine's {total / 1e9:.0f} GB" if total else "the 2^31 samples one call can index"
+    raise UsageError(f"--num {num} needs about {needed / 1e9:.0f} GB of memory for the samples, more than "
+                     f"{have}; draw fewer samples per call (--num) and vary --seed")
+
+
+def _check_out(out: str) -> None:
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if not out.endswith(".npz"):
+    raise UsageError(f"--out must end in .npz, got {out!r}")
+  if os.path.isdir(out):
+    raise UsageError(f"--out {out!r} is a directory")
+  directory = os.path.dirname(out) or "."
+  if not os.path.isdir(directory):
+    raise UsageError(f"directory of --out {out!r} does not exist")
+  workdir_lib.check_writable_dir(directory, "directory of --out")
+
+
+def _sample(args, overrides):
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
+  workdir_lib.check_run(args.workdir)   # path problems first: they need no JAX
+  out = args.out or os.path.join(args.workdir, "samples.npz")
+  _check_out(out)
+  from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
   if args.solver not in solvers.SOLVERS:
     raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
   if args.solver in solvers.FIXED_STEP and args.steps is None:
     raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
   if args.solver in solvers.ADAPTIVE and args.steps is not None:
     raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
-  for name in ("num", "steps"):
-    if getattr(args, name) is not None and getattr(args, name) <= 0:
-      raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-  run.check_workdir(args.workdir)
-  out = args.out or os.path.join(args.workdir, "samples.npz")
-  if not out.endswith(".npz"):
-    raise UsageError(f"--out must end in .npz, got {out!r}")
-  if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
-    raise UsageError(f"directory of --out {out!r} does not exist")
-  if args.batch_size is not None and args.batch_size <= 0:
-    raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
-  if args.png_dir and os.path.exists(args.png_dir) and not os.path.isdir(args.png_dir):
-    raise UsageError(f"--png-dir {args.png_dir!r} exists and is not a directory")
+  for name in ("num", "steps", "max_steps", "batch_size"):
+    value = getattr(args, name)
+    if value is not None and value <= 0:
+      raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+  try:
+    solvers.check_tolerances(args.rtol, args.atol)
+  except ValueError as e:
+    raise UsageError(f"--{e}") from None
+  kind = evaluate.kind(args.workdir)
+  _check_num(args.workdir, args.num, kind)
+  if args.png_dir:
+    if kind != "images":
+      raise UsageError("--png-dir is for image runs; this run's data are points")
+    if os.path.exists(args.png_dir) and not os.path.isdir(args.png_dir):
+      raise UsageError(f"--png-dir {args.png_dir!r} exists and is not a directory")
+    workdir_lib.check_path(args.png_dir, what="--png-dir")
   kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
                 steps=args.steps, step=args.step, max_steps=args.max_steps)
-  if evaluate.kind(args.workdir) == "images":
+  if kind == "images":
     kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
-  elif args.png_dir:
-    raise UsageError("--png-dir is for image runs; this run's data are points")
   info = evaluate.sample_workdir(args.workdir, out, **kwargs)
   print(f"NFE {info['nfe']} ({args.solver}); wrote {info['out']} and {info['png']}")
   if not info.get("success", True):
@@ -104,8 +140,10 @@ def _sample(args, overrides):
 def _eval(args, overrides):
   from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
   from fm.train import run  # pylint: disable=g-import-not-at-top
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
-  run.check_workdir(args.workdir)
+  workdir_lib.check_run(args.workdir)
+  workdir_lib.check_writable_dir(args.workdir, "workdir")
   kind = run.read_source_info(args.workdir)["kind"]
   metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
   opts = runner.Options(
@@ -162,12 +200,18 @@ def _fid_stats(args, overrides):
 
 def _sweep(args, overrides):
   from fm import sweep  # pylint: disable=g-import-not-at-top
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.check_path(args.workdir)
   config = _load_config(args, overrides, workdir_fallback=False)
   grid = sweep.parse_grid(args.grid or [])
-  rows = sweep.run_sweep(config, args.workdir, grid)
+  _, failures = sweep.run_sweep(config, args.workdir, grid)
   with open(os.path.join(args.workdir, "table.md")) as f:
     print(f.read(), end="")
-  del rows
+  if failures:
+    print(f"fm: error: {len(failures)} sweep point(s) failed ({'; '.join(l for l, _ in failures)}), see "
+          f"{os.path.join(args.workdir, 'table.md')}", file=sys.stderr)
+    return 1
+  return 0
 
 
 def _import_torchcfm(args, overrides):
@@ -223,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("sample", help="sample a trained run with an ODE solver",
                      description="Sample the EMA model of a run's checkpoint; writes OUT (.npz: samples, "
-                                 "nfe, solver settings, seed) and beside it OUT.png: a scatter plot (toy runs) "
+                                 "nfe, solver settings, seed, success) and beside it the same name with .png "
+                                 "in place of .npz (WORKDIR/samples.png by default): a scatter plot (toy runs) "
                                  "or an 8x8 grid of the first 64 images (image runs).")
   p.add_argument("--workdir", required=True)
   p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
@@ -316,15 +361,22 @@ def main(argv: list[str] | None = None) -> int:
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     args, extra = _parser().parse_known_args(argv)
+    if not args.workdir:
+      raise UsageError("--workdir must not be empty")
     if extra and args.command in ("sample", "eval"):
       raise UsageError(f"fm {args.command}: unrecognized arguments: {' '.join(extra)}")
     overrides = _split_overrides(extra)
     if args.command in ("train", "sample", "eval"):
       _distributed(args)
-    args.fn(args, overrides)
+    code = args.fn(args, overrides)
+    if code:
+      return code
   except (UsageError, config_lib.ConfigError) as e:
     print(f"fm: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("fm: interrupted by Ctrl-C (re-running the same command resumes or redoes the work)", file=sys.stderr)
+    return 130
   except Exception as e:  # pylint: disable=broad-except
     from fm import train  # pylint: disable=g-import-not-at-top
     if isinstance(e, train.Preempted):

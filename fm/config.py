@@ -17,7 +17,6 @@ import math
 import os
 from typing import Any, Iterable
 
-import ml_collections
 
 __all__ = ["ConfigError", "load", "apply_overrides", "validate", "to_dict",
            "from_dict", "flatten", "diff", "OPTIMIZERS", "SCHEDULES"]
@@ -47,17 +46,18 @@ def load(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
   except ValueError as e:
     raise ConfigError(f"config {spec!r}: {e}") from e
-  return ml_collections.ConfigDict(to_dict(config))
+  return from_dict(to_dict(config))
 
 
 def to_dict(config) -> dict[str, Any]:
   """A plain nested dict (JSON-serialisable for toy configs)."""
-  if isinstance(config, ml_collections.ConfigDict):
+  if hasattr(config, "to_dict"):   # an ml_collections.ConfigDict
     config = config.to_dict()
   return json.loads(json.dumps(config))
 
 
 def from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
+  import ml_collections  # pylint: disable=g-import-not-at-top  (imported on use: `fm --help` stays fast)
   return ml_collections.ConfigDict(d)
 
 
@@ -137,7 +137,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
     for p in parents:
       node = node[p]
     node[leaf] = _parse_value(key, text, valid[key])
-  return ml_collections.ConfigDict(d)
+  return from_dict(d)
 
 
 def _choice(key, value, choices):
@@ -156,8 +156,8 @@ def _positive(config_dict, keys, allow_zero=False):
         or value < 0 or (value == 0 and not allow_zero)
         or (isinstance(value, float) and value > _FLOAT32_MAX)):
       bound = ">= 0" if allow_zero else "> 0"
-      raise ConfigError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound} "
-                        f"(in float32)")
+      f32 = " (in float32)" if isinstance(value, float) else ""
+      raise ConfigError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound}{f32}")
 
 
 def _component(key: str, build) -> None:
@@ -175,24 +175,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   model, method with its coupling and time sampler, optimizer) validates its
   own options through its factory, so a new component needs no change here.
   """
-  from fm import data, methods, models, solvers  # pylint: disable=g-import-not-at-top
-  from fm.train import run as run_lib, state as state_lib  # pylint: disable=g-import-not-at-top
   f = flatten(to_dict(config))
   for key in ("method", "seed", "model.name", "train.steps", "train.batch_size", "train.lr"):
     if key not in f:
       raise ConfigError(f"config is missing required key {key!r}")
-  _choice("method", f["method"], methods.NAMES)
-  name, options = data.split_options(to_dict(config.get("data", {})))
-  _component("data", lambda: data.check(name, **options))
-  sigma = f.get("sigma")
-  if sigma is not None:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-      raise ConfigError(f"bad value {sigma!r} for config key 'sigma': must be a number >= 0 or none (the method's default)")
-    if f["method"] == "rf" and sigma != 0:
-      raise ConfigError(f"bad value {sigma!r} for config key 'sigma': method 'rf' has sigma = 0, use 'icfm' for sigma > 0")
-  _choice("model.name", f["model.name"], models.NAMES)
-  _component("model", lambda: models.make(config.model.name, **run_lib.model_kwargs(config)))
-  _component("method", lambda: methods.make(config.method, **run_lib.method_kwargs(config)))
+  # The trainer's numbers first: they need no imports, so these errors come at once.
   _positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
                 "train.checkpoint_every", "train.keep_checkpoints"])
   _positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
@@ -202,6 +189,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")
   _choice("train.optimizer", f["train.optimizer"], OPTIMIZERS)
   _choice("train.schedule", f["train.schedule"], SCHEDULES)
+  sigma = f.get("sigma")
+  if sigma is not None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+      raise ConfigError(f"bad value {sigma!r} for config key 'sigma': must be a number >= 0 or none (the method's default)")
+    if f["method"] == "rf" and sigma != 0:
+      raise ConfigError(f"bad value {sigma!r} for config key 'sigma': method 'rf' has sigma = 0, use 'icfm' for sigma > 0")
+  from fm import data, methods, models, solvers  # pylint: disable=g-import-not-at-top
+  from fm.train import run as run_lib, state as state_lib  # pylint: disable=g-import-not-at-top
+  _choice("method", f["method"], methods.NAMES)
+  name, options = data.split_options(to_dict(config.get("data", {})))
+  _component("data", lambda: data.check(name, **options))
+  _choice("model.name", f["model.name"], models.NAMES)
+  _component("model", lambda: models.make(config.model.name, **run_lib.model_kwargs(config)))
+  _component("method", lambda: methods.make(config.method, **run_lib.method_kwargs(config)))
   tc = config.train
   _component("train", lambda: state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay))

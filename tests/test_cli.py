@@ -22,7 +22,7 @@ def _main(capsys, argv):
     (["--config.method=otfm"], "valid choices: icfm, rf, otcfm, sbcfm, fm, vp"),
     (["--config.data.task=gaussian->moon"], "moons"),
     (["--config.train.steps=ten"], "expected int"),
-    (["--config.train.lr=0.5"], "different config"),   # mismatch with the saved run
+    (["--config.model.width=32"], "different config"),   # mismatch with the saved run
     (["--bogus"], "unrecognized argument"),
 ])
 def test_train_bad_input_exits_2_and_leaves_workdir(capsys, trained_run, extra, match):  # noqa: F811
@@ -139,3 +139,32 @@ def test_eval_marks_numbers_of_an_unfinished_solve(capsys, trained_run, tmp_path
   with open(os.path.join(workdir, "eval.json")) as f:
     result = json.load(f)
   assert result["dopri5_success"] is False and "w2" in result["warnings"][0]
+
+
+def test_sweep_point_failure_does_not_abort_the_sweep(capsys, caplog, tmp_path):
+  import logging
+  workdir = str(tmp_path / "sweep")
+  with caplog.at_level(logging.INFO, logger="fm"):
+    code, out, err = _main(capsys, ["sweep", "--config", SMOKE, "--workdir", workdir, *cli_args(train__steps=20),
+                                    "--grid", "train.lr=1e30,0.001"])   # 1e30 diverges: a NaN stop
+  assert code == 1 and "1 sweep point(s) failed (train.lr=1e30)" in err
+  assert "sweep point 1/2: train.lr=1e30" in caplog.text and "sweep point 2/2: train.lr=0.001" in caplog.text
+  with open(os.path.join(workdir, "table.md")) as f:
+    table = f.read()
+  assert "| 0.001 | 1 |" in table and "Failed points (1" in table and "TrainingError" in table
+  assert os.path.exists(os.path.join(workdir, "figure.png"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["sample", "--help"], ["sample", "--workdir", "/nonexistent"], ["eval", "--workdir", "/"],
+    ["train", "--config", SMOKE, "--workdir", "/tmp/fm-never", "--config.train.lr=nan"],
+    ["train", "--config", SMOKE, "--workdir", "/tmp/fm-never", "--config.train.stpes=1"],
+    ["sweep", "--config", SMOKE, "--workdir", "/tmp/fm-never", "--grid", "method=,"],
+])
+def test_help_and_early_errors_do_not_import_jax(argv):
+  """`fm --help` and errors in paths, flags and the trainer's numbers answer without importing JAX (~1.5 s)."""
+  code = ("import sys\nfrom fm import cli\ntry:\n  cli.main(sys.argv[1:])\nexcept SystemExit:\n  pass\n"
+          "print('JAX' if 'jax' in sys.modules else 'NO-JAX')")
+  res = subprocess.run([PYTHON, "-c", code, *argv], capture_output=True, text=True, env=subprocess_env())
+  assert res.stdout.strip().endswith("NO-JAX"), (res.stdout[-300:], res.stderr[-300:])
+  assert not os.path.exists("/tmp/fm-never")

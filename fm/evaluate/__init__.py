@@ -3,6 +3,8 @@
 `evaluate_workdir` and `sample_workdir` dispatch on the kind of the run's data
 (`source.json`: "points" for the 2D toys, "images" for image folders / tfds).
 """
+from __future__ import annotations
+
 import json
 import os
 
@@ -11,7 +13,7 @@ from fm.evaluate.sampling import generate
 from fm.evaluate.toy import evaluate, trajectories
 
 __all__ = ["plots", "sampling", "toy", "evaluate", "evaluate_workdir", "generate", "sample_workdir",
-           "trajectories", "periodic", "kind"]
+           "trajectories", "periodic", "kind", "up_to_date"]
 
 
 def kind(workdir: str) -> str:
@@ -31,6 +33,8 @@ def evaluate_workdir(workdir: str) -> dict:
     result = images.evaluate_workdir(workdir)
   else:
     result = toy.evaluate_workdir(workdir)
+  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  result["eval_settings"] = run_lib.load_config(workdir).eval.to_dict()
   warnings = []
   if not result.get("dopri5_success", True):
     warnings.append(f"dopri5 stopped at its step limit before t = 1 (rtol {result.get('rtol')}, atol "
@@ -38,7 +42,23 @@ def evaluate_workdir(workdir: str) -> dict:
                     f"integrated to t = 1")
   if warnings:
     result["warnings"] = warnings
-    _write_json(os.path.join(workdir, "eval.json"), result)
+  _write_json(os.path.join(workdir, "eval.json"), result)
+  return result
+
+
+def up_to_date(workdir: str, step: int) -> dict | None:
+  """eval.json's content if it is of checkpoint `step` with the run's current eval settings, else None."""
+  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "eval.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      result = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if result.get("step") != step or result.get("eval_settings") != run_lib.load_config(workdir).eval.to_dict():
+    return None
   return result
 
 

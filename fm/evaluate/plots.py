@@ -10,11 +10,11 @@ __all__ = ["scatter", "draw_trajectories", "trajectories_figure", "nfe_curves"]
 
 
 def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> None:
-  """Scatter of `samples` `[n, 2]` over optional `reference` points, saved to `path`."""
+  """Scatter of `samples` `[n, 2]` (end points, t = 1) over optional `reference` points, saved to `path`."""
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   if reference is not None:
-    ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.7", label="target")
-  ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="samples")
+    ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.7", label="target (held out)")
+  ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="samples x1 (t = 1)")
   ax.set_title(title, fontsize=9)
   ax.set_aspect("equal")
   ax.legend(loc="upper right", fontsize=7, markerscale=3)
@@ -25,25 +25,37 @@ def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None,
 
 def draw_trajectories(ax, trajectory: np.ndarray, title: str = "",
                       reference: np.ndarray | None = None) -> None:
-  """Draws `[T, n, 2]` trajectories: paths in olive, start black, end blue, target `[m, 2]` grey."""
+  """Draws `[T, n, 2]` trajectories: paths in olive, start (t = 0) black, end (t = 1) blue, target `[m, 2]` grey.
+
+  The artists carry labels ("target", "path", "start x0 (t = 0)", "end x1 (t = 1)") for a legend.
+  """
   if reference is not None:
-    ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", zorder=0)
-  ax.plot(trajectory[:, :, 0], trajectory[:, :, 1], c="olive", alpha=0.25, lw=0.6)
-  ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=3, c="black", zorder=3)
-  ax.scatter(trajectory[-1, :, 0], trajectory[-1, :, 1], s=3, c="tab:blue", zorder=3)
+    ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8", zorder=0, label="target (held out)")
+  lines = ax.plot(trajectory[:, :, 0], trajectory[:, :, 1], c="olive", alpha=0.25, lw=0.6)
+  if lines:
+    lines[0].set_label("path")
+  ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=3, c="black", zorder=3, label="start x0 (t = 0)")
+  ax.scatter(trajectory[-1, :, 0], trajectory[-1, :, 1], s=3, c="tab:blue", zorder=3, label="end x1 (t = 1)")
   ax.set_title(title, fontsize=9)
   ax.set_aspect("equal")
   ax.set_xticks([])
   ax.set_yticks([])
 
 
-def trajectories_figure(path: str, panels: list[tuple[str, np.ndarray]],
-                        reference: np.ndarray | None = None) -> None:
-  """One row of trajectory panels `(title, [T, n, 2])`, side by side, over optional target points."""
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-  for ax, (title, traj) in zip(axes[0], panels):
-    draw_trajectories(ax, traj, title, reference)
-  fig.tight_layout()
+def trajectories_figure(path: str, panels: list[tuple], reference: np.ndarray | None = None) -> None:
+  """One row of trajectory panels side by side, with one legend below them.
+
+  Each panel is `(title, [T, n, 2])` or `(title, [T, n, 2], reference [m, 2])`;
+  `reference` (target points) is used for panels without their own.
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    title, traj = panel[0], panel[1]
+    ref = panel[2] if len(panel) > 2 and panel[2] is not None else reference
+    draw_trajectories(ax, traj, title, ref)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, markerscale=3, frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
 

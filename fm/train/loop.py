@@ -6,8 +6,11 @@ a chunk are fetched one dispatch late at log steps, so the device never waits on
 the host. Checkpoints (orbax, atomic) hold the whole state; re-running with the
 same workdir resumes from the latest one and replays the same computation, so an
 interrupted run ends bitwise equal to an uninterrupted one. SIGTERM/SIGINT save
-a checkpoint and raise `Preempted`; a non-finite loss raises `TrainingError`
-without saving, leaving the last good checkpoint as the latest.
+a checkpoint and raise `Preempted` (a second Ctrl-C aborts at once); a
+non-finite step is not applied, the last good state is saved and
+`TrainingError` says which settings may change to continue. One `fm train` at a
+time works in a workdir (`workdir.lock`); starts, resumes with their changed
+settings, and stops go to `history.jsonl` (see `fm.train.workdir`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from fm import data as data_lib
 from fm.data import pairs as pairs_lib
 from fm.train import checkpoint, partitioning, reflow, run as run_lib, step as step_lib, tensorboard
 from fm.train import state as state_lib
+from fm.train import workdir as workdir_lib
 
 __all__ = ["train_and_evaluate", "train", "prepare", "TrainingError", "Preempted"]
 
@@ -48,47 +52,36 @@ class Preempted(Exception):
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """Validates the config and its fit with an existing workdir; writes nothing."""
+  """Validates the config and its fit with an existing workdir; writes nothing.
+
+  On resume only `workdir_lib.RESUMABLE` settings may differ from config.json,
+  train.steps may not drop below the latest checkpoint nor change the schedule
+  of the steps taken, and the reflow teacher is needed only until its pairs are stored.
+  """
   config_lib.validate(config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f"workdir {workdir!r} exists and is not a directory")
-  saved_path = os.path.join(workdir, "config.json")
-  if os.path.isfile(saved_path):
-    with open(saved_path) as f:
-      saved = json.load(f)
-    changed = [k for k in config_lib.diff(saved, config_lib.to_dict(config)) if k != "train.steps"]
-    if changed:
-      old, new = config_lib.flatten(saved), config_lib.flatten(config_lib.to_dict(config))
-      k = changed[0]
-      raise config_lib.ConfigError(
-          f"workdir {workdir!r} holds a run with a different config ({k}={old.get(k)!r}, now "
-          f"{new.get(k)!r}{' and more' if len(changed) > 1 else ''}); use a new workdir, as only "
-          f"train.steps may change on resume")
-  elif checkpoint.latest_step(workdir) is not None:
+  workdir_lib.check_path(workdir)
+  saved = _saved_config(workdir)
+  latest = checkpoint.latest_step(workdir) if os.path.isdir(workdir) else None
+  if saved is not None:
+    new = config_lib.to_dict(config)
+    workdir_lib.resume_changes(saved, new, workdir)
+    workdir_lib.check_steps(saved, new, latest, workdir)
+  elif latest is not None:
     raise config_lib.ConfigError(f"workdir {workdir!r} has checkpoints but no config.json")
-  if config.reflow.teacher:
+  if config.reflow.teacher and not reflow.has_pairs(workdir):
     reflow.check_teacher(config.reflow.teacher, config.data)
   return config
 
 
-def _write_json_atomic(path: str, obj) -> None:
-  if not partitioning.is_writer():
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _trim_metrics(path: str, max_step: int) -> None:
-  """Drops metric lines past the restored step (a killed run is replayed from there)."""
-  if not partitioning.is_writer() or not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= max_step]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(lines)
-  os.replace(path + ".tmp", path)
+def _saved_config(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise config_lib.ConfigError(f"{path} cannot be read ({e}); restore it or use a new workdir") from e
 
 
 def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
@@ -109,22 +102,70 @@ def _next_multiple(step: int, every: int) -> int:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains to `config.train.steps`; returns the final `TrainState`."""
+  """Trains to `config.train.steps` (resuming from the workdir); returns the final `TrainState`."""
   config = prepare(config, workdir)
-  tc = config.train
   os.makedirs(workdir, exist_ok=True)
-  _write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+  with workdir_lib.lock(workdir):
+    return _train(config, workdir)[0]
+
+
+def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
+  """Restores the newest readable checkpoint (or None at step 0); then writes config.json and history.
+
+  Nothing in the workdir is written before the state is in hand, so a run that
+  cannot start leaves config.json as it was.
+  """
+  state, start, failures = checkpoint.restore_newest_readable(workdir, abstract)
+  if failures and state is None:
+    step, error = failures[0]
+    raise config_lib.ConfigError(
+        f"no checkpoint in {workdir!r} can be read (checkpoint {step}: {error}); move checkpoints/ away "
+        f"to start over")
+  for step, error in failures:
+    moved = checkpoint.set_aside(workdir, step)
+    log.warning("warning: checkpoint %d cannot be read (%s); moved it to %s and resuming from checkpoint %d",
+                step, error, moved, start)
+  start = start or 0
+  saved = _saved_config(workdir)
+  new = config_lib.to_dict(config)
+  changes = workdir_lib.resume_changes(saved, new, workdir) if saved is not None else {}
+  workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), new)
+  extra = {"changes": changes} if changes else {}
+  if failures:
+    extra["unreadable_checkpoints"] = [step for step, _ in failures]
+  if teacher_step is not None:
+    extra["teacher"], extra["teacher_step"] = config.reflow.teacher, teacher_step
+  workdir_lib.append_history(workdir, "resume" if start else "start", start, **extra)
+  for k, (a, b) in changes.items():
+    log.info("%s: %r -> %r from step %d (recorded in %s)", k, a, b, start, workdir_lib.HISTORY_FILE)
+  if start >= config.train.steps:
+    log.info("%s: already finished at step %d", workdir, start)
+  elif start:
+    log.info("%s: resuming from step %d of %d", workdir, start, config.train.steps)
+  return state, start
+
+
+class _NonFinite(Exception):
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str):
+  """`train` inside the workdir lock; returns `(state, start step)`."""
+  tc = config.train
   name, options = data_lib.split_options(config_lib.to_dict(config.data))
   source = data_lib.make(name, tc.batch_size, **options)
+  teacher_step = None
   if config.reflow.teacher:
     pairs = reflow.load_or_make_pairs(
         workdir, config.reflow.teacher, source.sample_x0, config.reflow.num_pairs, config.seed,
         solver=config.reflow.solver, rtol=config.reflow.rtol, atol=config.reflow.atol,
         steps=config.reflow.steps)
+    teacher_step = pairs["teacher_step"]
+    at = f" (checkpoint {teacher_step})" if teacher_step is not None else ""
     source = pairs_lib.source(source, pairs, tc.batch_size,
-                              f"reflow pairs from teacher {config.reflow.teacher} on {source.description}")
-  if partitioning.is_writer():
-    run_lib.write_source_info(workdir, source)
+                              f"reflow pairs from teacher {config.reflow.teacher}{at} on {source.description}")
   # Data parallelism (fm.train.partitioning): batch sharded over every device, state replicated.
   mesh = partitioning.make_mesh()
   run = run_lib.build(config, source.shape, mesh=mesh)
@@ -135,17 +176,16 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, source.batch_fn, tc.ema_decay,
                                data_sharding),
       donate_argnums=0)
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
-  start = ckpt.latest_step()
-  if start is None:
+  state, start = _start(config, workdir, abstract, teacher_step)
+  if state is None:
     state = partitioning.init_replicated(run.init_state, mesh)
-    start = 0
-  else:
-    state = ckpt.restore(abstract, start)
+  if partitioning.is_writer():
+    run_lib.write_source_info(workdir, source)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   data = None if source.data is None else partitioning.replicate(source.data, mesh)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _trim_metrics(metrics_path, start)
+  metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
+  workdir_lib.trim_metrics(workdir, start)
   from fm import evaluate  # pylint: disable=g-import-not-at-top
   evaluators = evaluate.periodic(run, source, config, workdir)
   eval_every = config.eval.get("every", 0) if evaluators else 0
@@ -154,7 +194,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   stop = {"signum": None}
   def on_signal(signum, frame):
     del frame
+    if stop["signum"] is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: abort at once
     stop["signum"] = signum
+    if signum == signal.SIGINT:
+      log.warning("Ctrl-C: saving a checkpoint after this chunk (Ctrl-C again to abort at once)")
   old_handlers = {}
   if threading.current_thread() is threading.main_thread():
     for s in (signal.SIGTERM, signal.SIGINT):
@@ -165,15 +209,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   last_time, last_step = time.time(), start
 
   def fetch(stats_list):
-    """Host copy of chunk stats; raises TrainingError on a non-finite step."""
+    """Host copy of chunk stats; raises _NonFinite at a step that was not applied."""
     stats_list = jax.device_get(stats_list)
     for s in stats_list:
       if s["failed"]:
-        ckpt.wait()
-        raise TrainingError(
-            f"non-finite loss or gradient at step {int(s['step'])}; stopped without saving, "
-            f"the last good checkpoint is step {ckpt.latest_step()} in {workdir} "
-            f"(lower train.lr or set train.grad_clip)")
+        raise _NonFinite(int(s["step"]))
     return stats_list
 
   def write_metrics(at_step, stats_list):
@@ -229,19 +269,54 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       if step < tc.steps:  # stopped by a signal (on any process)
         fetch(pending)
         ckpt.save(step, state)
-        raise Preempted(step, stop["signum"] or signal.SIGTERM)
+        signum = stop["signum"] or signal.SIGTERM
+        workdir_lib.append_history(workdir, "stopped", step, signal=signal.Signals(signum).name)
+        raise Preempted(step, signum)
+  except _NonFinite as e:
+    raise _stop_non_finite(workdir, ckpt, state, e.step) from None
+  except KeyboardInterrupt:
+    workdir_lib.append_history(workdir, "aborted", ckpt.latest_step() or 0, signal="SIGINT")
+    raise
   finally:
     ckpt.close()
     writer.close()
     for s, h in old_handlers.items():
       signal.signal(s, h)
-  return state
+  return state, start
+
+
+def _stop_non_finite(workdir: str, ckpt, state, failed_at: int) -> TrainingError:
+  """Saves the last good (finite) state as a checkpoint and returns the error that says how to go on."""
+  good = int(jax.device_get(state.step))
+  ckpt.save(good, state)   # a no-op if that step is already saved
+  ckpt.wait()
+  workdir_lib.append_history(workdir, "non_finite", failed_at + 1, saved_step=good)
+  return TrainingError(
+      f"non-finite loss, gradient or parameters at step {failed_at + 1}, so the run stopped and the last good "
+      f"state is saved as checkpoint {good} in {workdir}; to continue from it re-run with a lower "
+      f"--config.train.lr or a --config.train.grad_clip > 0 (both may change on resume and the change "
+      f"is recorded in {workdir_lib.HISTORY_FILE})")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains, then (if `config.eval.at_end`) evaluates the EMA model into `eval.json`."""
-  state = train(config, workdir)
-  if config.eval.get("at_end", True):
+  """Trains, then (if `config.eval.at_end`) evaluates the EMA model into `eval.json`.
+
+  A finished run whose eval.json is of its last step and current eval settings
+  is not evaluated again (`fm eval` does that); its eval.json is returned.
+  """
+  config = prepare(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.lock(workdir):
+    state, start = _train(config, workdir)
+    if not config.eval.get("at_end", True):
+      return state
     from fm import evaluate  # pylint: disable=g-import-not-at-top
-    return evaluate.evaluate_workdir(workdir)
-  return state
+    if start >= config.train.steps:
+      previous = evaluate.up_to_date(workdir, int(jax.device_get(state.step)))
+      if previous is not None:
+        log.info("%s: eval.json is up to date (fm eval evaluates again)", workdir)
+        return previous
+    result = evaluate.evaluate_workdir(workdir)
+    for warning in result.get("warnings", []):
+      log.warning("warning: %s", warning)
+    return result

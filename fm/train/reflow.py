@@ -7,6 +7,8 @@ ONCE, before training, with the teacher's EMA parameters and `reflow.solver`
 The train step then draws minibatch indices from `fold_in(key, step)` inside the
 jitted step, so training stays deterministic and a resumed run reuses the same
 pairs. z0 comes from the data source's x0 distribution under the student's seed.
+The pairs file also records the teacher's workdir and checkpoint step; once it
+exists the student resumes without the teacher.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from fm import solvers
 from fm import config as config_lib
 from fm.train import partitioning, run as run_lib
 
-__all__ = ["PAIRS_FILE", "check_teacher", "make_pairs", "load_or_make_pairs"]
+__all__ = ["PAIRS_FILE", "check_teacher", "make_pairs", "load_or_make_pairs", "has_pairs"]
 
 PAIRS_FILE = "reflow_pairs.npz"
 _CHUNK_POINTS = 10_000  # teacher samples per solver call for low-dimensional data (bounds memory)
@@ -28,12 +30,21 @@ _CHUNK_IMAGES = 256     # ... and for images (network activations dominate)
 
 
 def check_teacher(teacher: str, data) -> None:
-  """ConfigError unless `teacher` is a finished run on the same data (`config.data`)."""
+  """ConfigError unless `teacher` is a finished rectified-flow (`rf`) run on the same data (`config.data`)."""
   try:
-    run_lib.check_workdir(teacher)
+    step = run_lib.check_workdir(teacher)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"bad value {teacher!r} for config key 'reflow.teacher': {e}") from e
-  teacher_data = config_lib.to_dict(run_lib.load_config(teacher).data)
+  teacher_config = run_lib.load_config(teacher)
+  if teacher_config.method != "rf":
+    raise config_lib.ConfigError(
+        f"reflow teacher {teacher!r} is a {teacher_config.method!r} run, not a rectified flow; reflow "
+        f"straightens a method='rf' run")
+  if step < teacher_config.train.steps:
+    raise config_lib.ConfigError(
+        f"reflow teacher {teacher!r} is unfinished (latest checkpoint at step {step} of train.steps="
+        f"{teacher_config.train.steps}); finish it first with fm train --workdir {teacher}")
+  teacher_data = config_lib.to_dict(teacher_config.data)
   changed = config_lib.diff(teacher_data, config_lib.to_dict(data))
   if changed:
     k = changed[0]
@@ -42,10 +53,16 @@ def check_teacher(teacher: str, data) -> None:
         f"but this run has data.{k}={config_lib.flatten(config_lib.to_dict(data)).get(k)!r}; they must match")
 
 
+def has_pairs(workdir: str) -> bool:
+  """True once the student's pairs are stored (the teacher is no longer needed)."""
+  return os.path.isfile(os.path.join(workdir, PAIRS_FILE))
+
+
 def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: str = "dopri5",
                rtol: float = 1e-5, atol: float = 1e-5, steps: int = 100) -> dict[str, np.ndarray]:
-  """`{"z0": [N, *shape], "z1": [N, *shape], "nfe": [chunks]}` from the teacher's EMA flow."""
-  run, params, _ = run_lib.load(teacher)
+  """`{"z0": [N, *shape], "z1": [N, *shape], "nfe": [chunks], "teacher", "teacher_step"}` from the
+  teacher's latest EMA checkpoint."""
+  run, params, teacher_step = run_lib.load(teacher)
   kwargs = {"rtol": rtol, "atol": atol} if solver in solvers.ADAPTIVE else {"steps": steps}
 
   @jax.jit
@@ -62,12 +79,17 @@ def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: 
     out, n = push(params, partitioning.put(part, partitioning.sharding_for_batch(mesh, len(part))))
     z1.append(partitioning.to_host(out))
     nfe.append(int(n))
-  return {"z0": np.asarray(z0), "z1": np.concatenate(z1), "nfe": np.asarray(nfe)}
+  return {"z0": np.asarray(z0), "z1": np.concatenate(z1), "nfe": np.asarray(nfe),
+          "teacher": np.asarray(os.path.abspath(teacher)), "teacher_step": np.asarray(teacher_step)}
 
 
 def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, seed: int,
                        **solver_kwargs) -> dict[str, jax.Array]:
-  """Loads `workdir/reflow_pairs.npz`, or generates and stores it first."""
+  """Loads `workdir/reflow_pairs.npz`, or generates and stores it first (the teacher is only read then).
+
+  Returns `{"z0", "z1"}` on device and `teacher_step` (an int; None for files
+  written before it was recorded).
+  """
   path = os.path.join(workdir, PAIRS_FILE)
   if not os.path.exists(path):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EF10)
@@ -78,4 +100,5 @@ def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, se
     np.savez(tmp, **pairs)
     os.replace(tmp, path)
   with np.load(path) as f:
-    return {"z0": jnp.asarray(f["z0"]), "z1": jnp.asarray(f["z1"])}
+    teacher_step = int(f["teacher_step"]) if "teacher_step" in f else None
+    return {"z0": jnp.asarray(f["z0"]), "z1": jnp.asarray(f["z1"]), "teacher_step": teacher_step}

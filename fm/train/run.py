@@ -108,16 +108,8 @@ def read_source_info(workdir: str) -> dict[str, Any]:
 
 def check_workdir(workdir: str) -> int:
   """Raises ConfigError unless `workdir` holds a config.json and a checkpoint; returns its step."""
-  if not os.path.exists(workdir):
-    raise config_lib.ConfigError(f"workdir {workdir!r} does not exist")
-  if not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f"workdir {workdir!r} is a file, not a run directory")
-  if not os.path.isfile(os.path.join(workdir, "config.json")):
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json (not an fm training run)")
-  step = checkpoint.latest_step(workdir)
-  if step is None:
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint yet; run fm train first")
-  return step
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return workdir_lib.check_run(workdir)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -139,8 +131,15 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
   run = build(load_config(workdir), read_source_info(workdir)["shape"])
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   mesh = partitioning.make_mesh() if mesh is None else mesh
-  state = ckpt.restore(partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh), step)
-  ckpt.close()
+  try:
+    state = ckpt.restore(partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh), step)
+  except Exception as e:  # pylint: disable=broad-except
+    others = [s for s in checkpoint.all_steps(workdir) if s != step]
+    hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise config_lib.ConfigError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
+  finally:
+    ckpt.close()
   return run, state.ema_params, step
 
 

@@ -56,8 +56,23 @@ def make_optimizer(lr: float, steps: int, optimizer: str = "adam", schedule: str
   else:
     raise ValueError(f"unknown optimizer {optimizer!r}; valid: adam, adamw")
   if grad_clip > 0:
-    opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+    opt = _clipped(opt, grad_clip)
   return opt
+
+
+def _clipped(opt: optax.GradientTransformation, max_norm: float) -> optax.GradientTransformation:
+  """`opt` applied to gradients clipped to global norm `max_norm`.
+
+  Clipping is stateless, so the state is `opt`'s own: turning clipping on or
+  off (or changing `train.grad_clip` on resume) keeps checkpoints restorable.
+  """
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(grads, state, params=None):
+    grads, _ = clip.update(grads, clip.init(grads))
+    return opt.update(grads, state, params)
+
+  return optax.GradientTransformation(opt.init, update)
 
 
 def create(init_fn, optimizer: optax.GradientTransformation, seed: int) -> TrainState:

@@ -49,23 +49,120 @@ def test_config_mismatch_on_resume(tmp_path):
   from fm import config as config_lib
   workdir = str(tmp_path / "run")
   loop.train(tiny_config(train__steps=20), workdir)
-  with pytest.raises(config_lib.ConfigError, match="train.lr"):
-    loop.train(tiny_config(train__steps=20, train__lr=0.5), workdir)
+  with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
+    loop.train(tiny_config(train__steps=20, train__batch_size=64), workdir)
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+def _history(workdir):
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_resumable_settings_change_and_are_recorded(tmp_path):
+  """lr, clipping, cadence and eval settings may change on resume; each change goes to history.jsonl."""
   workdir = str(tmp_path / "run")
   loop.train(tiny_config(train__steps=20), workdir)
-  # Force divergence on resume: same config as saved, but with an absurd learning rate.
-  bad = tiny_config(train__steps=60, train__lr=1e30)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(bad.to_dict(), f)
-  with pytest.raises(loop.TrainingError, match="non-finite") as e:
-    loop.train(bad, workdir)
-  assert "step 20" in str(e.value)
-  assert checkpoint.latest_step(workdir) == 20
-  state = restore_state(workdir, bad)
-  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
+  loop.train(tiny_config(train__steps=40, train__lr=5e-4, train__grad_clip=1.0, train__log_every=10,
+                         eval__num_samples=32), workdir)
+  events = _history(workdir)
+  assert [e["event"] for e in events] == ["start", "resume"] and events[1]["step"] == 20
+  assert events[1]["changes"] == {"train.steps": [20, 40], "train.lr": [1e-3, 5e-4], "train.grad_clip": [0.0, 1.0],
+                                  "train.log_every": [20, 10], "eval.num_samples": [64, 32]}
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["train"]["lr"] == 5e-4
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  assert [(r["step"], r["lr"]) for r in rows] == [(20, 1e-3), (30, 5e-4), (40, 5e-4)]
+
+
+def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkeypatch, caplog):
+  """A run that diverges at a high learning rate (simulated: with lr >= 0.1 an update overflows once a
+  parameter leaves [-L, L]) stops at the first non-finite step, saves the state before it, and names
+  the settings that let a re-run go on; the re-run with a lower lr is accepted, recorded and finishes."""
+  import logging
+  import optax
+  from fm.train import state as state_lib
+  workdir = str(tmp_path / "run")
+  params = run_lib.build(tiny_config()).init_state().params
+  limit = max(float(jnp.max(jnp.abs(p))) for p in jax.tree_util.tree_leaves(params)) + 0.5
+  real = state_lib.make_optimizer
+
+  def fragile(lr, *args, **kwargs):
+    opt = real(lr, *args, **kwargs)
+    if lr < 0.1:
+      return opt
+
+    def update(grads, state, params=None):
+      updates, state = opt.update(grads, state, params)
+      big = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree_util.tree_leaves(params)]))
+      return jax.tree_util.tree_map(lambda u: u * jnp.where(big > limit, jnp.inf, 1.0), updates), state
+    return optax.GradientTransformation(opt.init, update)
+  monkeypatch.setattr(state_lib, "make_optimizer", fragile)
+  loop.train(tiny_config(train__steps=20), workdir)
+  with pytest.raises(loop.TrainingError) as e:
+    loop.train(tiny_config(train__steps=60, train__lr=0.3), workdir)
+  message = str(e.value)
+  saved = checkpoint.latest_step(workdir)
+  assert 20 < saved < 60 and f"at step {saved + 1}" in message and f"checkpoint {saved}" in message
+  assert "--config.train.lr" in message and "--config.train.grad_clip" in message and "history.jsonl" in message
+  assert message.count(". ") == 0 and "\n" not in message   # one sentence
+  state = restore_state(workdir, tiny_config(train__steps=60))
+  assert int(state.step) == saved and bool(step_lib.finite(state.params))
+  assert _history(workdir)[-1] == {**_history(workdir)[-1], "event": "non_finite", "step": saved + 1,
+                                   "saved_step": saved}
+  # The recovery the message names: a lower learning rate, accepted on resume and recorded.
+  with caplog.at_level(logging.INFO, logger="fm"):
+    loop.train(tiny_config(train__steps=60, train__lr=1e-4), workdir)
+  assert checkpoint.latest_step(workdir) == 60
+  assert f"resuming from step {saved}" in caplog.text
+  assert _history(workdir)[-1]["changes"] == {"train.lr": [0.3, 1e-4]}
+
+
+def test_truncated_metrics_line_survives_resume(tmp_path):
+  """A kill mid-write leaves half a line in metrics.jsonl; resume drops it and goes on."""
+  workdir = str(tmp_path / "run")
+  loop.train(tiny_config(train__steps=20), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 40, "loss": 0.5, "grad_no')
+  loop.train(tiny_config(train__steps=40), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  assert [r["step"] for r in rows] == [20, 40]
+
+
+def test_corrupted_latest_checkpoint_falls_back_and_says_so(tmp_path, caplog):
+  """The newest checkpoint unreadable: set aside, resume from the one before, end equal to a clean run."""
+  import logging
+  import shutil
+  ref = str(tmp_path / "ref")
+  loop.train(tiny_config(), ref)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref, workdir)
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "40")):
+    for name in files:
+      if os.path.basename(root) == "d":
+        open(os.path.join(root, name), "w").close()
+  with caplog.at_level(logging.INFO, logger="fm"):
+    loop.train(tiny_config(), workdir)
+  assert "checkpoint 40 cannot be read" in caplog.text and "resuming from checkpoint 20" in caplog.text
+  assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "40"))
+  assert checkpoint.all_steps(workdir) == [20, 40]
+  chex.assert_trees_all_equal(restore_state(ref, tiny_config()), restore_state(workdir, tiny_config()))
+  assert _history(workdir)[-1]["unreadable_checkpoints"] == [40]
+
+
+def test_finished_run_is_not_retrained_or_reevaluated(tmp_path, caplog):
+  import logging
+  workdir = str(tmp_path / "run")
+  first = loop.train_and_evaluate(tiny_config(), workdir)
+  mtime = os.path.getmtime(os.path.join(workdir, "eval.json"))
+  with caplog.at_level(logging.INFO, logger="fm"):
+    again = loop.train_and_evaluate(tiny_config(), workdir)
+  assert again == first and os.path.getmtime(os.path.join(workdir, "eval.json")) == mtime
+  assert "already finished at step 40" in caplog.text and "eval.json is up to date" in caplog.text
+  # New eval settings: evaluated again (and the change is recorded).
+  third = loop.train_and_evaluate(tiny_config(eval__num_samples=32), workdir)
+  assert third["num_samples"] == 32 and _history(workdir)[-1]["changes"] == {"eval.num_samples": [64, 32]}
 
 
 def test_multi_step_compiles_once():
@@ -99,9 +196,18 @@ def test_reflow(tmp_path):
   assert np.isfinite(result["w2"])
   with np.load(os.path.join(student, reflow.PAIRS_FILE)) as f:
     assert f["z0"].shape == f["z1"].shape == (256, 2)
+    assert int(f["teacher_step"]) == 20 and str(f["teacher"]) == os.path.abspath(teacher)
+  assert _history(student)[0]["teacher_step"] == 20
   with pytest.raises(config_lib.ConfigError, match="reflow.teacher"):
     loop.prepare(tiny_config(method="rf", reflow__teacher=str(tmp_path / "nope")), str(tmp_path / "x"))
   assert not os.path.exists(tmp_path / "x")
+  # The pairs are stored: the student resumes without its teacher.
+  import shutil
+  shutil.rmtree(teacher)
+  config = tiny_config(method="rf", train__steps=40, reflow__teacher=teacher, reflow__solver="rk4",
+                       reflow__steps=8)
+  loop.train(config, student)
+  assert checkpoint.latest_step(student) == 40 and _history(student)[-1]["teacher_step"] == 20
 
 
 def test_unconverged_coupling_is_counted_and_warned(tmp_path, caplog):

@@ -1,74 +1,104 @@
-"""Killing training: SIGKILL then resume is bitwise exact; SIGTERM saves and exits."""
+"""Stopping training: SIGKILL then resume is bitwise exact; SIGTERM/Ctrl-C save and exit; a second Ctrl-C aborts.
+
+No test waits on a clock: each signal is sent by the training process itself at
+a known step (from a patched checkpoint save or metrics write), so where it
+lands in the loop is the same on every run, however loaded the machine is.
+"""
+import json
 import os
 import signal
 import subprocess
-import time
 
 import chex
-import jax
 import pytest
 
-from fm.train import checkpoint, loop, run as run_lib
+from fm import cli
+from fm.train import checkpoint, loop, tensorboard
 from train.helpers import CONFIG, PYTHON, cli_args, restore_state, subprocess_env, tiny_config
 
-LONG = dict(train__steps=2400, train__steps_per_call=50, train__log_every=100,
+SMOKE = CONFIG + ":smoke"
+LONG = dict(train__steps=600, train__steps_per_call=50, train__log_every=100,
             train__checkpoint_every=200, eval__at_end="false")
 
+# Runs `fm ARGS...` and SIGKILLs itself right after the metrics row of step KILL_AT is written.
+_KILL_RUNNER = """
+import os, signal, sys
+from fm import cli
+from fm.train import tensorboard
+kill_at = int(sys.argv[1])
+real = tensorboard.Writer.scalars
+def scalars(self, row, step):
+  real(self, row, step)
+  if step == kill_at:
+    os.kill(os.getpid(), signal.SIGKILL)
+tensorboard.Writer.scalars = scalars
+sys.exit(cli.main(sys.argv[2:]))
+"""
 
-def _train_cmd(workdir, **kw):
-  return [PYTHON, "-m", "fm", "train", "--config", CONFIG + ":smoke", "--workdir", workdir, *cli_args(**kw)]
 
-
-def _wait_for_step(workdir, proc, min_step, timeout=120):
-  t0 = time.time()
-  while time.time() - t0 < timeout:
-    step = checkpoint.latest_step(workdir)
-    if step is not None and step >= min_step:
-      return step
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early: {proc.communicate()}")
-    time.sleep(0.02)
-  raise AssertionError("training made no progress")
+def _train_argv(workdir, **kw):
+  return ["train", "--config", SMOKE, "--workdir", workdir, *cli_args(**kw)]
 
 
 def test_sigkill_then_resume_is_bitwise_exact(tmp_path):
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_train_cmd(killed, **LONG), env=subprocess_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  _wait_for_step(killed, proc, 400)
-  time.sleep(0.137)  # somewhere mid-chunk or mid-save
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  killed_at = checkpoint.latest_step(killed)
-  assert killed_at < 2400, "run finished before it was killed; make it longer"
-  res = subprocess.run(_train_cmd(killed, **LONG), env=subprocess_env(), capture_output=True, text=True)
-  assert res.returncode == 0, res.stderr
+  res = subprocess.run([PYTHON, "-c", _KILL_RUNNER, "500", *_train_argv(killed, **LONG)],
+                       env=subprocess_env(), capture_output=True, text=True)
+  assert res.returncode == -signal.SIGKILL, res.stderr
+  assert checkpoint.latest_step(killed) == 400
+  with open(os.path.join(killed, "metrics.jsonl")) as f:
+    assert [json.loads(l)["step"] for l in f][-1] == 500   # written past the checkpoint: replayed on resume
+  assert cli.main(_train_argv(killed, **LONG)) == 0
   reference = str(tmp_path / "reference")
   config = tiny_config(**LONG)
   loop.train(config, reference)
   a, b = restore_state(reference, config), restore_state(killed, config)
-  assert int(a.step) == int(b.step) == 2400
+  assert int(a.step) == int(b.step) == 600
   chex.assert_trees_all_equal(a, b)
+  with open(os.path.join(killed, "metrics.jsonl")) as f:
+    assert [json.loads(l)["step"] for l in f] == [100, 200, 300, 400, 500, 600]
 
 
-def test_sigterm_saves_checkpoint_and_exits(tmp_path):
+def _signal_at(monkeypatch, step, *signums):
+  """Sends `signums` to this process right after the metrics row of `step` is written."""
+  real = tensorboard.Writer.scalars
+
+  def scalars(self, row, at_step):
+    real(self, row, at_step)
+    if at_step == step:
+      for signum in signums:
+        os.kill(os.getpid(), signum)
+        for _ in range(100):   # the Python-level handler runs at the next bytecode boundary
+          pass
+  monkeypatch.setattr(tensorboard.Writer, "scalars", scalars)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_checkpoint_and_exits(tmp_path, monkeypatch, capsys, signum):
   workdir = str(tmp_path / "run")
-  kw = dict(LONG, train__steps=10_000_000, train__checkpoint_every=1_000_000)
-  proc = subprocess.Popen(_train_cmd(workdir, **kw), env=subprocess_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  t0 = time.time()
-  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-    assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=60)
-  assert proc.returncode == 128 + signal.SIGTERM, err
-  assert "SIGTERM" in err and "Traceback" not in err
-  step = checkpoint.latest_step(workdir)
-  assert step is not None and 0 < step < 1_000_000
-  assert int(restore_state(workdir, tiny_config(**kw)).step) == step
+  _signal_at(monkeypatch, 300, signum)
+  code = cli.main(_train_argv(workdir, **LONG))
+  err = capsys.readouterr().err
+  assert code == 128 + signum and signal.Signals(signum).name in err and "Traceback" not in err
+  # The signal lands after step 300's row; the chunk running then (to 350) ends, is saved, and the run stops.
+  assert checkpoint.latest_step(workdir) == 350
+  assert int(restore_state(workdir, tiny_config(**LONG)).step) == 350
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    assert json.loads(f.readlines()[-1])["event"] == "stopped"
+  assert cli.main(_train_argv(workdir, **LONG)) == 0     # re-running resumes and finishes
+  assert checkpoint.latest_step(workdir) == 600
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path, monkeypatch, capsys):
+  workdir = str(tmp_path / "run")
+  _signal_at(monkeypatch, 300, signal.SIGINT, signal.SIGINT)
+  code = cli.main(_train_argv(workdir, **LONG))
+  err = capsys.readouterr().err
+  assert code == 130 and "interrupted" in err and "Traceback" not in err
+  assert checkpoint.latest_step(workdir) == 200   # nothing saved after the second Ctrl-C
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    assert json.loads(f.readlines()[-1])["event"] == "aborted"
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
 
 
 @pytest.mark.slow
@@ -77,6 +107,7 @@ def test_two_devices_data_parallel(tmp_path):
   env = subprocess_env()
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   workdir = str(tmp_path / "dp")
-  res = subprocess.run(_train_cmd(workdir, method="otcfm"), env=env, capture_output=True, text=True)
+  res = subprocess.run([PYTHON, "-m", "fm", *_train_argv(workdir, method="otcfm")], env=env,
+                       capture_output=True, text=True)
   assert res.returncode == 0, res.stderr
   assert os.path.exists(os.path.join(workdir, "eval.json"))

@@ -1,0 +1,234 @@
+"""A run's directory: path checks, the lock, what may change on resume, history and metrics files.
+
+Layout of a workdir (besides `checkpoints/`, `source.json` and results):
+
+  .lock           held (`fcntl.flock`) by the one `fm train` working in it
+  config.json     the run's config as of the latest start
+  history.jsonl   one line per start / resume / stop: step, time, provenance and
+                  every setting that changed on resume (`{"key": [old, new]}`)
+  metrics.jsonl   one row per log step; a line cut off by a kill is dropped on resume
+
+Settings that do not change what a step computes from the state it starts from
+may change on resume (`RESUMABLE`): logging and checkpoint cadence, evaluation,
+the learning rate and gradient clipping (the remedies for a NaN stop), and
+`train.steps`, unless the steps already taken would have had another schedule.
+Every such change is written to `history.jsonl`; any other change is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+import time
+from typing import Any, Iterator
+
+from fm import config as config_lib
+
+__all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir", "check_run",
+           "resume_changes", "check_steps", "lock", "append_history", "read_history", "read_metrics",
+           "trim_metrics", "write_json_atomic"]
+
+LOCK_FILE = ".lock"
+HISTORY_FILE = "history.jsonl"
+METRICS_FILE = "metrics.jsonl"
+
+# Dotted keys (or "prefix." for a whole section) that may change when a run resumes.
+RESUMABLE = ("train.steps", "train.lr", "train.grad_clip", "train.log_every", "train.checkpoint_every",
+             "train.keep_checkpoints", "train.steps_per_call", "train.tensorboard", "eval.")
+
+
+def _resumable(key: str) -> bool:
+  return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)
+
+
+def check_writable_dir(path: str, what: str) -> None:
+  """ConfigError unless `path` is an existing directory this process can create files in.
+
+  Tries to create (and removes) a temporary file, since `os.access` says yes to
+  root on read-only or special file systems.
+  """
+  if not os.path.isdir(path):
+    raise config_lib.ConfigError(f"{what} {path!r} is not a directory")
+  try:
+    if hasattr(os, "O_TMPFILE"):  # an unnamed file: the directory itself is not modified
+      try:
+        os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        return
+      except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+          raise
+    fd, probe = tempfile.mkstemp(prefix=".fm-write-test-", dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(f"{what} {path!r} is not writable ({e.strerror or e})") from e
+
+
+def check_path(workdir: str, create: bool = True, what: str = "workdir") -> None:
+  """ConfigError (one sentence) unless `workdir` is, or can be created as, a writable directory."""
+  if not workdir:
+    raise config_lib.ConfigError(f"the {what} must not be empty")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"{what} {workdir!r} is a file, not a directory")
+  if not create:
+    return
+  ancestor = os.path.abspath(workdir)
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise config_lib.ConfigError(f"{what} {workdir!r} cannot be created: {ancestor!r} is a file")
+  check_writable_dir(ancestor, what if ancestor == os.path.abspath(workdir) else
+                     f"{what} {workdir!r} cannot be created: directory")
+
+
+def check_run(workdir: str) -> int:
+  """ConfigError unless `workdir` holds a config.json and a checkpoint; returns the latest step.
+
+  Reads only the directory (no JAX), so `fm sample` / `fm eval` answer a wrong path at once.
+  """
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
+  if not workdir:
+    raise config_lib.ConfigError("the workdir must not be empty")
+  if not os.path.exists(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir!r} does not exist")
+  if not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir!r} is a file, not a run directory")
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json (not an fm training run)")
+  step = checkpoint.latest_step(workdir)
+  if step is None:
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint yet; run fm train first")
+  return step
+
+
+def resume_changes(saved: dict[str, Any], config: dict[str, Any], workdir: str) -> dict[str, list]:
+  """`{key: [old, new]}` of the settings that differ; ConfigError if one may not change on resume."""
+  old, new = config_lib.flatten(saved), config_lib.flatten(config)
+  changed = config_lib.diff(saved, config)
+  fixed = [k for k in changed if not _resumable(k)]
+  if fixed:
+    k = fixed[0]
+    raise config_lib.ConfigError(
+        f"workdir {workdir!r} holds a run with a different config ({k}={old.get(k)!r}, now {new.get(k)!r}"
+        f"{' and more' if len(fixed) > 1 else ''}); use a new workdir, as on resume only "
+        f"{', '.join(r + '*' if r.endswith('.') else r for r in RESUMABLE)} may change")
+  return {k: [old.get(k), new.get(k)] for k in changed}
+
+
+def check_steps(saved: dict[str, Any], config: dict[str, Any], latest: int | None, workdir: str) -> None:
+  """ConfigError if the new `train.steps` is below the latest checkpoint, or changes the schedule of
+  the steps already taken (a schedule that decays to 0 at `train.steps`, such as cosine)."""
+  steps, old_steps = config["train"]["steps"], saved["train"]["steps"]
+  if latest is None or latest == 0:
+    return
+  if steps < latest:
+    raise config_lib.ConfigError(
+        f"workdir {workdir!r} has a checkpoint at step {latest}, beyond train.steps={steps}; train.steps "
+        f"may not go below {latest} (use a new workdir for a shorter run)")
+  if steps == old_steps:
+    return
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fm.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  tc = saved["train"]
+  before = state_lib.make_schedule(tc["lr"], old_steps, tc["schedule"], tc["warmup_steps"])
+  after = state_lib.make_schedule(tc["lr"], steps, tc["schedule"], tc["warmup_steps"])
+  taken = np.arange(latest)
+  if not np.array_equal(np.asarray(before(taken)), np.asarray(after(taken))):
+    raise config_lib.ConfigError(
+        f"train.steps may not change from {old_steps} to {steps} in workdir {workdir!r}: with "
+        f"train.schedule={tc['schedule']!r} the learning rate of the {latest} steps already taken "
+        f"depends on train.steps; use a new workdir")
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive `flock` on `workdir/.lock`; ConfigError at once if another process holds it.
+
+  The lock goes with the process (a killed run leaves no stale lock); the file stays.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+      raise config_lib.ConfigError(
+          f"workdir {workdir!r} is in use by another fm train (pid {holder}); wait for it to finish "
+          f"or stop it, then re-run to resume") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)   # releases the lock
+
+
+def _is_writer() -> bool:
+  """Only process 0 writes shared files (`fm.train.partitioning.is_writer`); JAX imported lazily."""
+  from fm.train import partitioning  # pylint: disable=g-import-not-at-top
+  return partitioning.is_writer()
+
+
+def append_history(workdir: str, event: str, step: int, **fields: Any) -> None:
+  """Appends `{"event", "step", "time", **fields}` as one line to `history.jsonl`."""
+  if not _is_writer():
+    return
+  row = {"event": event, "step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+  with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+    f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _read_lines(path: str) -> list[tuple[str, dict[str, Any]]]:
+  """`(line, row)` of a JSON-lines file; a line that does not parse (cut off by a kill) is skipped."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(row, dict):
+        out.append((line if line.endswith("\n") else line + "\n", row))
+  return out
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  return [row for _, row in _read_lines(path)]
+
+
+def read_history(workdir: str) -> list[dict[str, Any]]:
+  return _read_jsonl(os.path.join(workdir, HISTORY_FILE))
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of `metrics.jsonl`, skipping a truncated last line."""
+  return _read_jsonl(os.path.join(workdir, METRICS_FILE))
+
+
+def trim_metrics(workdir: str, max_step: int) -> None:
+  """Rewrites `metrics.jsonl` without rows past `max_step` (replayed after a resume) or cut-off lines."""
+  if not _is_writer():
+    return
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  lines = [line for line, row in _read_lines(path) if row.get("step", 0) <= max_step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(path + ".tmp", path)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  if not _is_writer():
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
