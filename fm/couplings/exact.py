@@ -13,7 +13,7 @@ from fm.couplings.auction import auction
 from fm.couplings.host_auction import host_auction
 from fm.couplings.reduced_lap import reduced_assignment
 
-__all__ = ["SOLVERS", "MAX_LCM", "assignment", "exact_plan", "Exact"]
+__all__ = ["SOLVERS", "MAX_LCM", "assignment", "assignment_points", "exact_plan", "Exact"]
 
 SOLVERS = ("auto", "host_auction", "reduced", "scipy", "auction", "hungarian")
 MAX_LCM = 4096
@@ -29,6 +29,17 @@ def _reduced_host(cost: np.ndarray) -> np.ndarray:
 
 
 _HOST = {"host_auction": host_auction, "scipy": _scipy_host, "reduced": _reduced_host}
+
+
+def _points_solver(solve):
+  def from_points(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    return solve(base.sqdist_host(x0, x1))
+  from_points.__name__ = f"{solve.__name__}_from_points"
+  return from_points
+
+
+# Host solvers fed with points: the [n, n] cost exists once, on the host.
+_HOST_POINTS = {name: _points_solver(fn) for name, fn in _HOST.items()}
 
 
 def _resolve(solver: str) -> str:
@@ -74,6 +85,32 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
     return auction(cost)[0]
   rows, cols = optax.assignment.hungarian_algorithm(cost)
   return jnp.zeros((n,), jnp.int32).at[rows].set(cols.astype(jnp.int32))
+
+
+def assignment_points(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
+  """Optimal permutation pairing `x0[i]` with `x1[perm[i]]` (squared Euclidean cost).
+
+  Host solvers receive the points `[n, d]` and build the float32 cost on the
+  host in row blocks, so the only `[n, n]` array is that one host matrix (1 GiB
+  at n = 16384) and only `2 [n, d]` leave the device; device solvers use
+  `sqdist` then `assignment`.
+
+  Args:
+    x0, x1: `[n, *shape]` with the same n.
+    solver: as in `assignment`.
+
+  Returns:
+    `perm` `[n]` int32.
+  """
+  n = x0.shape[0]
+  if x1.shape[0] != n:
+    raise ValueError(f"assignment_points needs equal batch sizes, got {x0.shape[0]} and {x1.shape[0]}")
+  solver = _resolve(solver)
+  if solver in _HOST_POINTS:
+    a = jnp.reshape(x0, (n, -1)).astype(jnp.float32)
+    b = jnp.reshape(x1, (n, -1)).astype(jnp.float32)
+    return host.host_call(_HOST_POINTS[solver], jax.ShapeDtypeStruct((n,), jnp.int32), a, b)
+  return assignment(base.sqdist(x0, x1), solver)
 
 
 def exact_plan(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
@@ -122,7 +159,7 @@ class Exact:
 
   def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
     if x0.shape[0] == x1.shape[0]:
-      perm = assignment(base.sqdist(x0, x1), self.solver)
+      perm = assignment_points(x0, x1, self.solver)
     else:
       p = exact_plan(x0, x1, self.solver)
       perm = base.sample_rows(key, jnp.log(p))
