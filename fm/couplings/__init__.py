@@ -14,13 +14,13 @@ import jax
 from fm.couplings import base, exact, scope, sinkhorn
 from fm.couplings.auction import auction
 from fm.couplings.base import Independent, pair_cost, sqdist
-from fm.couplings.exact import Exact, assignment, exact_plan
+from fm.couplings.exact import Exact, assignment, assignment_points, exact_plan
 from fm.couplings.scope import SCOPES, Scoped
 from fm.couplings.sinkhorn import SB, Sinkhorn
 
 __all__ = [
     "NAMES", "SCOPES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Scoped",
-    "assignment", "exact_plan", "auction", "sqdist", "pair_cost",
+    "assignment", "assignment_points", "exact_plan", "auction", "sqdist", "pair_cost",
 ]
 
 _REGISTRY: Dict[str, Callable[..., Any]] = {

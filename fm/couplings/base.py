@@ -4,8 +4,9 @@ from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["sqdist", "pair_cost", "sample_rows", "sample_joint", "Independent"]
+__all__ = ["sqdist", "sqdist_host", "pair_cost", "sample_rows", "sample_joint", "Independent"]
 
 Info = Dict[str, jax.Array]
 
@@ -31,6 +32,36 @@ def sqdist(x0: jax.Array, x1: jax.Array) -> jax.Array:
   bb = jnp.sum(b * b, axis=1)
   c = aa[:, None] + bb[None, :] - 2.0 * (a @ b.T)
   return jnp.maximum(c, 0.0)
+
+
+def sqdist_host(x0: np.ndarray, x1: np.ndarray, block_elems: int = 1 << 24) -> np.ndarray:
+  """`sqdist` in NumPy, float32, built in row blocks: the `[n, m]` result is the only large array.
+
+  Args:
+    x0: `[n, *shape]`; x1: `[m, *shape]` (host arrays).
+    block_elems: bound on the elements of each block's temporaries.
+
+  Returns:
+    cost `[n, m]` float32 (same formula as `sqdist`; rounding may differ in the last bits).
+  """
+  a = np.asarray(x0, np.float32).reshape(x0.shape[0], -1)
+  b = np.asarray(x1, np.float32).reshape(x1.shape[0], -1)
+  n, m, d = a.shape[0], b.shape[0], a.shape[1]
+  out = np.empty((n, m), np.float32)
+  low = d <= 8
+  rows = max(1, block_elems // max(1, m * (d if low else 2)))
+  bb = None if low else np.einsum("ij,ij->i", b, b)
+  for i in range(0, n, rows):
+    blk = a[i:i + rows]
+    if low:
+      out[i:i + rows] = np.sum((blk[:, None, :] - b[None, :, :]) ** 2, axis=-1)
+    else:
+      c = blk @ b.T
+      c *= -2.0
+      c += np.einsum("ij,ij->i", blk, blk)[:, None]
+      c += bb[None, :]
+      np.maximum(c, 0.0, out=out[i:i + rows])
+  return out
 
 
 def pair_cost(x0: jax.Array, x1: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ from fm.couplings.auction import auction
 from fm.couplings.host_auction import host_auction
 from fm.couplings.reduced_lap import reduced_assignment
 
-__all__ = ["SOLVERS", "MAX_LCM", "assignment", "assignment_info", "exact_plan", "Exact"]
+__all__ = ["SOLVERS", "MAX_LCM", "assignment", "assignment_info", "assignment_points", "exact_plan", "Exact"]
 
 SOLVERS = ("auto", "host_auction", "reduced", "scipy", "auction", "hungarian")
 MAX_LCM = 4096
@@ -31,6 +31,17 @@ def _reduced_host(cost: np.ndarray) -> np.ndarray:
 
 
 _HOST = {"host_auction": host_auction, "scipy": _scipy_host, "reduced": _reduced_host}
+
+
+def _points_solver(solve):
+  def from_points(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    return solve(base.sqdist_host(x0, x1))
+  from_points.__name__ = f"{solve.__name__}_from_points"
+  return from_points
+
+
+# Host solvers fed with points: the [n, n] cost exists once, on the host.
+_HOST_POINTS = {name: _points_solver(fn) for name, fn in _HOST.items()}
 
 
 def _resolve(solver: str) -> str:
@@ -87,6 +98,32 @@ def assignment(cost: jax.Array, solver: str = "auto") -> jax.Array:
     `perm` `[n]` int32 minimising `sum_i cost[i, perm[i]]`.
   """
   return assignment_info(cost, solver)[0]
+
+
+def assignment_points(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
+  """Optimal permutation pairing `x0[i]` with `x1[perm[i]]` (squared Euclidean cost).
+
+  Host solvers receive the points `[n, d]` and build the float32 cost on the
+  host in row blocks, so the only `[n, n]` array is that one host matrix (1 GiB
+  at n = 16384) and only `2 [n, d]` leave the device; device solvers use
+  `sqdist` then `assignment`.
+
+  Args:
+    x0, x1: `[n, *shape]` with the same n.
+    solver: as in `assignment`.
+
+  Returns:
+    `perm` `[n]` int32.
+  """
+  n = x0.shape[0]
+  if x1.shape[0] != n:
+    raise ValueError(f"assignment_points needs equal batch sizes, got {x0.shape[0]} and {x1.shape[0]}")
+  solver = _resolve(solver)
+  if solver in _HOST_POINTS:
+    a = jnp.reshape(x0, (n, -1)).astype(jnp.float32)
+    b = jnp.reshape(x1, (n, -1)).astype(jnp.float32)
+    return host.host_call(_HOST_POINTS[solver], jax.ShapeDtypeStruct((n,), jnp.int32), a, b)
+  return assignment(base.sqdist(x0, x1), solver)
 
 
 def exact_plan(x0: jax.Array, x1: jax.Array, solver: str = "auto") -> jax.Array:
@@ -146,7 +183,9 @@ class Exact:
   def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
     """Re-paired `(x0, x1p, info)`; `info["converged"]` is False if the JAX auction hit its limit."""
     n, m = x0.shape[0], x1.shape[0]
-    if n == m:
+    if n == m and _resolve(self.solver) in _HOST_POINTS:
+      perm, converged = assignment_points(x0, x1, self.solver), jnp.asarray(True)
+    elif n == m:
       perm, converged = assignment_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
     else:
       p, converged = _plan_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
