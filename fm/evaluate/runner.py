@@ -89,8 +89,12 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
       raise ValueError(f"--{name} must be positive, got {v}")
   if opts.divergence is not None and opts.divergence not in likelihood.DIVERGENCES:
     raise ValueError(f"--divergence: invalid choice {opts.divergence!r}; valid: {', '.join(likelihood.DIVERGENCES)}")
-  if opts.fid_stats is not None and "fid" in metrics and not os.path.isfile(opts.fid_stats):
-    raise ValueError(f"--fid-stats {opts.fid_stats!r} is not a file")
+  if "fid" in metrics and opts.num is not None and opts.num < 2:
+    raise ValueError(f"FID needs at least 2 samples (a covariance), got --num {opts.num}")
+  if opts.fid_stats is not None and "fid" in metrics:
+    if not os.path.isfile(opts.fid_stats):
+      raise ValueError(f"--fid-stats {opts.fid_stats!r} is not a file")
+    reference.from_file(opts.fid_stats)   # ValueError unless it holds mu [D], sigma [D, D]
   if opts.inception is not None and "fid" in metrics and os.path.isdir(opts.inception):
     raise ValueError(f"--inception {opts.inception!r} is a directory; pass the weights file")
   return tuple(metrics)

@@ -201,12 +201,15 @@ def test_fid_stats_file_and_cli(image_run, cheap_inception, capsys, tmp_path):
     (["eval", "--workdir", "RUN", "--nfe-sweep", "euler"], "euler:1,2,5,10"),
     (["eval", "--workdir", "RUN", "--divergence", "hutch"], "exact, hutchinson"),
     (["eval", "--workdir", "RUN", "--fid-stats", "/nonexistent.npz"], "not a file"),
+    (["eval", "--workdir", "RUN", "--fid-stats", "BADSTATS"], "expected 'mu' and 'sigma'"),
+    (["eval", "--workdir", "RUN", "--num", "1"], "at least 2 samples"),
     (["eval", "--workdir", "RUN", "--step", "7"], "no checkpoint at step 7"),
 ])
-def test_bad_input_exits_2(image_run, capsys, argv, match):
+def test_bad_input_exits_2(image_run, capsys, tmp_path, argv, match):
   workdir, folder = image_run
   n = len(records.read(workdir))
-  argv = [{"RUN": workdir, "FOLDER": folder}.get(a, a) for a in argv]
+  np.savez(tmp_path / "bad.npz", mean=np.zeros(3), cov=np.eye(3))
+  argv = [{"RUN": workdir, "FOLDER": folder, "BADSTATS": str(tmp_path / "bad.npz")}.get(a, a) for a in argv]
   code = cli.main(argv)
   _, err = capsys.readouterr()
   assert code == 2 and match in err and err.count("\n") == 1, err
