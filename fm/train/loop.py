@@ -8,6 +8,12 @@ same workdir resumes from the latest one and replays the same computation, so an
 interrupted run ends bitwise equal to an uninterrupted one. SIGTERM/SIGINT save
 a checkpoint and raise `Preempted`; a non-finite loss raises `TrainingError`
 without saving, leaving the last good checkpoint as the latest.
+
+Data parallel over every device of every process (`fm.train.partitioning`):
+the batch is sharded, the state replicated; with several processes only
+process 0 writes config.json, source.json, metrics and TensorBoard, all of them
+save checkpoints together, and a signal on any process stops all of them at the
+same step (agreed by a tiny collective per dispatch).
 """
 from __future__ import annotations
 
