@@ -12,6 +12,14 @@ resident memory the call added (Linux VmHWM, reset before the call) against
 the size of one float32 [n, n] matrix, and for n <= 2048 the cost gap to scipy's
 exact LAP (float64). The load average before and after is printed: the
 numbers are wall-clock on a shared machine.
+
+    python experiments/benchmarks/ot_scaling.py --scopes           # global vs local, 4 devices
+
+`--scopes`: in a subprocess with 4 forced host devices, one jitted exact
+coupling of a batch sharded over the 4 devices with `scope="global"` (gather
+2 [B, d], one B x B solve, re-shard) and `scope="local"` (four B/4 x B/4
+solves, no communication), B = 1024 and 4096 at d = 3072. Forced host devices
+share this CPU, so this measures the work, not an interconnect.
 """
 from __future__ import annotations
 
@@ -75,14 +83,53 @@ def child(n: int, d: int) -> dict:
   return row
 
 
+def scopes_child(sizes, d: int) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from fm import couplings  # pylint: disable=g-import-not-at-top
+  from fm.train import partitioning  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.make_mesh()
+  shards = partitioning.batch_sharding(mesh)
+  key = jax.random.PRNGKey(0)
+  print(f"| B | d | devices | global s | local s | global pair cost | local pair cost | all-gather MiB |")
+  print("|---|---|---|---|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  for n in sizes:
+    x0 = jax.device_put(rng.standard_normal((n, d), dtype=np.float32), shards)
+    x1 = jax.device_put(rng.uniform(-1.0, 1.0, (n, d)).astype(np.float32), shards)
+    cells = []
+    for scope in ("global", "local"):
+      f = jax.jit(couplings.make("exact", mesh=mesh, scope=scope))
+      jax.block_until_ready(f(key, x0, x1))
+      t0 = time.perf_counter()
+      _, _, info = jax.block_until_ready(f(key, x0, x1))
+      cells.append((time.perf_counter() - t0, float(info["cost_after"])))
+    print(f"| {n} | {d} | {mesh.size} | {cells[0][0]:.2f} | {cells[1][0]:.2f} | {cells[0][1]:.1f} | "
+          f"{cells[1][1]:.1f} | {2 * n * d * 4 / 2**20:.0f} |", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="1024,2048,4096,8192,16384")
   parser.add_argument("--d", type=int, default=3072)
+  parser.add_argument("--scopes", action="store_true")
   parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--scopes-child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child is not None:
     print(json.dumps(child(args.child, args.d)))
+    return
+  if args.scopes_child:
+    scopes_child([int(s) for s in args.sizes.split(",")], args.d)
+    return
+  if args.scopes:
+    print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}", flush=True)
+    sizes = "1024,4096" if args.sizes == parser.get_default("sizes") else args.sizes
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    subprocess.run([sys.executable, __file__, "--scopes-child", "--sizes", sizes, "--d", str(args.d)],
+                   env=env, check=True)
+    print(f"load average after: {os.getloadavg()}")
     return
   print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}", flush=True)
   print("| n | d | e2e s | cost build s | auction s | peak extra MiB | one [n,n] f32 MiB | x0+x1 MiB | "

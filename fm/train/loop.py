@@ -11,6 +11,12 @@ non-finite step is not applied, the last good state is saved and
 `TrainingError` says which settings may change to continue. One `fm train` at a
 time works in a workdir (`workdir.lock`); starts, resumes with their changed
 settings, and stops go to `history.jsonl` (see `fm.train.workdir`).
+
+Data parallel over every device of every process (`fm.train.partitioning`):
+the batch is sharded, the state replicated; with several processes only
+process 0 writes config.json, source.json, metrics and TensorBoard, all of them
+save checkpoints together, and a signal on any process stops all of them at the
+same step (agreed by a tiny collective per dispatch).
 """
 from __future__ import annotations
 

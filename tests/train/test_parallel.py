@@ -235,26 +235,51 @@ def test_two_processes_equal_one_process(tmp_path, otcfm_runs):
                              atol=1e-6, rtol=0)
 
 
+def _wait_for_checkpoint(workdir: str, procs, at_least: int) -> None:
+  ckpts = os.path.join(workdir, "checkpoints")
+  t0 = time.time()
+  while not (os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= at_least for d in os.listdir(ckpts))):
+    assert all(p.poll() is None for p in procs) and time.time() - t0 < TIMEOUT, procs[0].stderr.read()
+    time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_two_processes_killed_and_restarted(tmp_path, otcfm_runs):
-  """SIGKILL one of 2 processes mid-run, restart both: the run ends as an uninterrupted one."""
+def test_two_processes_killed_and_restarted(tmp_path):
+  """2 processes: SIGTERM to one stops both at the same step with a checkpoint; SIGKILL one (then the
+  other) mid-run; restarting both each time ends the run equal to an uninterrupted one."""
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "killed")
   steps = 200
   no_eval = ["--config.eval.at_end=False"]
+
   procs = _launch(workdir, _free_port(), steps, extra=no_eval)
-  ckpts = os.path.join(workdir, "checkpoints")
-  t0 = time.time()
-  while not (os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 40 for d in os.listdir(ckpts))):
-    assert all(p.poll() is None for p in procs) and time.time() - t0 < TIMEOUT, procs[0].stderr.read()
-    time.sleep(0.2)
+  _wait_for_checkpoint(workdir, procs, 20)
+  procs[1].send_signal(signal.SIGTERM)  # only one process is told; both must stop together
+  outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, [o[1][-2000:] for o in outs]
+  stopped_at = checkpoint.latest_step(workdir)
+  assert 20 <= stopped_at < steps
+
+  procs = _launch(workdir, _free_port(), steps, extra=no_eval)
+  _wait_for_checkpoint(workdir, procs, stopped_at + 20)
   procs[1].send_signal(signal.SIGKILL)
   time.sleep(2)
-  procs[0].send_signal(signal.SIGKILL)
+  procs[0].send_signal(signal.SIGKILL)  # left waiting in a collective for its dead peer
   for p in procs:
     p.communicate(timeout=60)
-  killed_at = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  assert killed_at < steps
+  assert checkpoint.latest_step(workdir) < steps
+
   _wait(_launch(workdir, _free_port(), steps, extra=no_eval))
   reference = str(tmp_path / "reference")
   _worker(4, _train(reference, method="otcfm", train__steps=steps, eval__at_end="False"))
   _assert_same_run(reference, workdir)
+
+
+@pytest.mark.slow
+def test_config_error_reported_by_every_process(tmp_path):
+  workdir = str(tmp_path / "bad")
+  procs = _launch(workdir, _free_port(), 40, extra=["--config.coupling.scope=everywhere"])
+  outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 2 and "everywhere" in err and "Traceback" not in err, err[-2000:]
+  assert not os.path.exists(workdir)
