@@ -85,6 +85,8 @@ def write_tables(workdir: str, rows, group_keys: list[str], failures=()) -> None
       cells = [point[k] for k in group_keys] + [str(n)]
       writer.writerow(cells + [f"{v:.6g}" for m in METRICS for v in stats[m]])
       md.append("| " + " | ".join(cells + [f"{stats[m][0]:.3f} ± {stats[m][1]:.3f}" for m in METRICS]) + " |")
+  from fm import provenance  # pylint: disable=g-import-not-at-top
+  md += ["", f"Made with {provenance.summary()}."]
   if failures:
     md += ["", f"Failed points ({len(failures)}, not in the table):"]
     md += [f"- {label}: {error}" for label, error in failures]

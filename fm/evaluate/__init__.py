@@ -27,6 +27,8 @@ def evaluate_workdir(workdir: str) -> dict:
 
   A result whose dopri5 solve stopped at its step limit is marked: `warnings`
   in `eval.json` says which numbers come from samples not integrated to t = 1.
+  eval.json also records the eval settings and `provenance` (fm version and
+  commit, JAX version, device).
   """
   if kind(workdir) == "images":
     from fm.evaluate import images  # pylint: disable=g-import-not-at-top
@@ -34,7 +36,9 @@ def evaluate_workdir(workdir: str) -> dict:
   else:
     result = toy.evaluate_workdir(workdir)
   from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  from fm import provenance  # pylint: disable=g-import-not-at-top
   result["eval_settings"] = run_lib.load_config(workdir).eval.to_dict()
+  result["provenance"] = provenance.record()
   warnings = []
   if not result.get("dopri5_success", True):
     warnings.append(f"dopri5 stopped at its step limit before t = 1 (rtol {result.get('rtol')}, atol "

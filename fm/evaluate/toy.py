@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm import likelihood, metrics, solvers
+from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
 from fm.train import partitioning, run as run_lib
@@ -176,8 +176,9 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   """Samples a run into `out` (.npz) and a scatter plot beside it (`out` with .png for .npz).
 
   The npz holds `samples` `[num, 2]`, `nfe`, `solver`, `rtol`, `atol`, `steps`,
-  `seed`, `checkpoint_step`, `max_steps` and `success` (False if dopri5 stopped
-  at `max_steps` before t = 1: the samples are then not the flow's output).
+  `seed`, `checkpoint_step`, `max_steps`, `success` (False if dopri5 stopped
+  at `max_steps` before t = 1: the samples are then not the flow's output) and
+  `provenance_*` (fm version and commit, JAX version, device).
   """
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
   del unused
@@ -190,7 +191,8 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   success = bool(info["success"])
   record = {"samples": x1, "nfe": int(info["nfe"]), "solver": solver, "rtol": rtol,
             "atol": atol, "steps": -1 if steps is None else steps, "seed": seed, "checkpoint_step": step,
-            "max_steps": -1 if max_steps is None else max_steps, "success": success}
+            "max_steps": -1 if max_steps is None else max_steps, "success": success,
+            **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
   if partitioning.is_writer():
     tmp = out + ".tmp.npz"

@@ -34,6 +34,7 @@ import tqdm
 
 from fm import config as config_lib
 from fm import data as data_lib
+from fm import provenance
 from fm.data import pairs as pairs_lib
 from fm.train import checkpoint, partitioning, reflow, run as run_lib, step as step_lib, tensorboard
 from fm.train import state as state_lib
@@ -136,7 +137,10 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
   new = config_lib.to_dict(config)
   changes = workdir_lib.resume_changes(saved, new, workdir) if saved is not None else {}
   workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), new)
+  prov = provenance.record()
+  workdir_lib.write_json_atomic(os.path.join(workdir, "provenance.json"), prov)
   extra = {"changes": changes} if changes else {}
+  extra["provenance"] = prov
   if failures:
     extra["unreadable_checkpoints"] = [step for step, _ in failures]
   if teacher_step is not None:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm import solvers
+from fm import provenance, solvers
 from fm import config as config_lib
 from fm.train import partitioning, run as run_lib
 
@@ -80,7 +80,8 @@ def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: 
     z1.append(partitioning.to_host(out))
     nfe.append(int(n))
   return {"z0": np.asarray(z0), "z1": np.concatenate(z1), "nfe": np.asarray(nfe),
-          "teacher": np.asarray(os.path.abspath(teacher)), "teacher_step": np.asarray(teacher_step)}
+          "teacher": np.asarray(os.path.abspath(teacher)), "teacher_step": np.asarray(teacher_step),
+          **provenance.npz_fields()}
 
 
 def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, seed: int,

@@ -16,8 +16,10 @@ def test_demo_smoke_writes_table_and_figure(tmp_path, monkeypatch, capsys):
   with open(os.path.join(workdir, "results.csv")) as f:
     rows = {r["method"]: r for r in csv.DictReader(f)}
   assert set(rows) == {"icfm", "rf", "otcfm", "sbcfm", "2-rf"}
-  for r in rows.values():
-    assert float(r["w2"]) > 0 and int(r["nfe"]) >= 8   # dopri5: 1 + probe + 6 per step
+  for name, r in rows.items():
+    # Learned: W2(source, target) is 2.6 on 8gaussians->moons; the smoke budget reaches 0.5-0.9.
+    assert 0 < float(r["w2"]) < 1.3, (name, r["w2"])
+    assert (int(r["nfe"]) - 2) % 6 == 0   # dopri5's exact count: 1 + step-size probe + 6 per attempted step
   assert os.path.getsize(os.path.join(workdir, "figure.png")) > 10_000
   table = open(os.path.join(workdir, "results.md")).read()
   assert "| 2-rf |" in table and "rtol = atol = 1e-05" in table

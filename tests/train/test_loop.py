@@ -15,23 +15,18 @@ from train.helpers import restore_state, tiny_config
 
 
 @pytest.mark.parametrize("method", methods.NAMES)
-def test_method_end_to_end(method, tmp_path):
-  workdir = str(tmp_path / method)
-  result = loop.train_and_evaluate(tiny_config(method=method), workdir)
+def test_method_end_to_end(method, smoke_runs):   # smoke_runs: tests/conftest.py (also tests/test_learning.py)
+  result, rows, workdir = smoke_runs[method]
   for key in ("w2", "nfe", "w2_euler", "path_energy", "normalized_path_energy"):
     assert np.isfinite(result[key]), key
-  assert result["step"] == 40 and result["nfe"] > 0
+  assert result["step"] == 300 and result["nfe"] > 0
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)["w2"] == result["w2"]
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(l) for l in f]
-  assert [r["step"] for r in rows] == [20, 40]
+  assert [r["step"] for r in rows] == [100, 200, 300]
   assert all(np.isfinite(r["loss"]) and r["steps_per_sec"] > 0 for r in rows)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["method"] == method
-  # Raising train.steps continues the run from its checkpoint.
-  loop.train(tiny_config(method=method, train__steps=60), workdir)
-  assert checkpoint.latest_step(workdir) == 60
+  assert checkpoint.all_steps(workdir) == [100, 200, 300]
 
 
 def test_resume_is_bitwise_exact(tmp_path):
