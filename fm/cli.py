@@ -138,12 +138,12 @@ def _sample(args, overrides):
 
 
 def _eval(args, overrides):
-  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
-  from fm.train import run  # pylint: disable=g-import-not-at-top
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
-  workdir_lib.check_run(args.workdir)
+  workdir_lib.check_run(args.workdir)   # path problems first: they need no JAX
   workdir_lib.check_writable_dir(args.workdir, "workdir")
+  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
+  from fm.train import run  # pylint: disable=g-import-not-at-top
   kind = run.read_source_info(args.workdir)["kind"]
   metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
   opts = runner.Options(
@@ -170,6 +170,11 @@ def _eval(args, overrides):
   print(json.dumps(results, indent=2))
   for why in skipped.values():
     print(why)
+  for rec in results:
+    if rec.get("success") is False:
+      print(f"fm: warning: {rec.get('solver', 'the solver')} stopped before reaching the end of the interval for "
+            f"{rec['metric']}, so this number (marked success=false in eval.jsonl) is not the flow's; loosen "
+            f"--rtol/--atol", file=sys.stderr)
 
 
 def _fid_stats(args, overrides):
@@ -235,10 +240,16 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
   g.add_argument("--process-id", type=int, default=None)
 
 
+_LAUNCHER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_PROCESS_ADDRESSES",
+                 "TPU_WORKER_HOSTNAMES")
+
+
 def _distributed(args) -> None:
   """Starts jax.distributed from the flags or the environment (before any other JAX call)."""
-  from fm.train import partitioning  # pylint: disable=g-import-not-at-top
   explicit = (args.num_processes, args.process_id)
+  if args.coordinator is None and not any(explicit) and not any(k in os.environ for k in _LAUNCHER_ENV):
+    return  # a plain single process: do not import JAX just to find that out (fast --help and errors)
+  from fm.train import partitioning  # pylint: disable=g-import-not-at-top
   if args.coordinator in (None, "auto"):
     if any(v is not None for v in explicit):
       raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
@@ -361,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     args, extra = _parser().parse_known_args(argv)
-    if not args.workdir:
+    if getattr(args, "workdir", None) == "":
       raise UsageError("--workdir must not be empty")
     if extra and args.command in ("sample", "eval"):
       raise UsageError(f"fm {args.command}: unrecognized arguments: {' '.join(extra)}")

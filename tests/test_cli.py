@@ -134,11 +134,11 @@ def test_eval_marks_numbers_of_an_unfinished_solve(capsys, trained_run, tmp_path
   config["eval"].update(rtol=1e-13, atol=1e-13)   # below float32 resolution: dopri5 never reaches t = 1
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
-  code, out, err = _main(capsys, ["eval", "--workdir", workdir])
+  code, out, err = _main(capsys, ["eval", "--workdir", workdir, "--metrics", "w2"])
   assert code == 0 and "warning: dopri5 stopped" in err
-  with open(os.path.join(workdir, "eval.json")) as f:
-    result = json.load(f)
-  assert result["dopri5_success"] is False and "w2" in result["warnings"][0]
+  with open(os.path.join(workdir, "eval.jsonl")) as f:
+    record = [json.loads(line) for line in f][-1]
+  assert record["metric"] == "w2" and record["success"] is False
 
 
 def test_sweep_point_failure_does_not_abort_the_sweep(capsys, caplog, tmp_path):
