@@ -137,6 +137,11 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
   saved = _saved_config(workdir)
   new = config_lib.to_dict(config)
   changes = workdir_lib.resume_changes(saved, new, workdir) if saved is not None else {}
+  finished = saved is not None and start >= config.train.steps
+  if finished:
+    log.info("%s: already finished at step %d", workdir, start)
+    if not changes and not failures:
+      return state, start   # nothing to record: the workdir is left as it is
   workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), new)
   prov = provenance.record()
   workdir_lib.write_json_atomic(os.path.join(workdir, "provenance.json"), prov)
@@ -149,9 +154,7 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
   workdir_lib.append_history(workdir, "resume" if start else "start", start, **extra)
   for k, (a, b) in changes.items():
     log.info("%s: %r -> %r from step %d (recorded in %s)", k, a, b, start, workdir_lib.HISTORY_FILE)
-  if start >= config.train.steps:
-    log.info("%s: already finished at step %d", workdir, start)
-  elif start:
+  if start and not finished:
     log.info("%s: resuming from step %d of %d", workdir, start, config.train.steps)
   return state, start
 
@@ -189,6 +192,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
       donate_argnums=0)
   abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
   state, start = _start(config, workdir, abstract, teacher_step)
+  if start >= tc.steps:
+    return state, start
   if state is None:
     state = partitioning.init_replicated(run.init_state, mesh)
   if partitioning.is_writer():

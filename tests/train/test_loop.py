@@ -149,11 +149,14 @@ def test_corrupted_latest_checkpoint_falls_back_and_says_so(tmp_path, caplog):
 def test_finished_run_is_not_retrained_or_reevaluated(tmp_path, caplog):
   import logging
   workdir = str(tmp_path / "run")
+  from train.helpers import snapshot
   first = loop.train_and_evaluate(tiny_config(), workdir)
-  mtime = os.path.getmtime(os.path.join(workdir, "eval.json"))
+  before = snapshot(workdir)
   with caplog.at_level(logging.INFO, logger="fm"):
     again = loop.train_and_evaluate(tiny_config(), workdir)
-  assert again == first and os.path.getmtime(os.path.join(workdir, "eval.json")) == mtime
+  assert again == first
+  assert {k: v for k, v in snapshot(workdir).items() if k != ".lock"} == {
+      k: v for k, v in before.items() if k != ".lock"}   # no file rewritten
   assert "already finished at step 40" in caplog.text and "eval.json is up to date" in caplog.text
   # New eval settings: evaluated again (and the change is recorded).
   third = loop.train_and_evaluate(tiny_config(eval__num_samples=32), workdir)
