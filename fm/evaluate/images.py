@@ -15,6 +15,7 @@ from fm import data as data_lib
 from fm import provenance
 from fm.evaluate import sampling
 from fm.train import partitioning, run as run_lib
+from fm.train import workdir as workdir_lib
 
 __all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
 
@@ -130,9 +131,6 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
             "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
             "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
             "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
-  if partitioning.is_writer():
-    path = os.path.join(workdir, "eval.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+  result.setdefault("provenance", provenance.record())
+  workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
   return result

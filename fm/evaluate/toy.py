@@ -31,6 +31,7 @@ from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
 from fm.train import partitioning, run as run_lib
+from fm.train import workdir as workdir_lib
 
 _w2 = jax.jit(metrics.w2)
 
@@ -162,11 +163,8 @@ def evaluate_workdir(workdir: str) -> dict:
             "euler_steps": ec.euler_steps}
   result.update(evaluate(run.model, params, run.config.data.task, ec.num_samples, ec.seed,
                          ec.rtol, ec.atol, ec.euler_steps))
-  if partitioning.is_writer():
-    path = os.path.join(workdir, "eval.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+  result.setdefault("provenance", provenance.record())
+  workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
   return result
 
 
