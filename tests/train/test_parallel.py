@@ -114,14 +114,16 @@ def _assert_same_run(a: str, b: str) -> None:
 
 @pytest.fixture(scope="module")
 def otcfm_runs(tmp_path_factory):
-  """otcfm trained on 1 device (global and local scope) and on 4 (global, local); 1-device run sampled on 4."""
+  """otcfm trained on 1 device (global and local scope) and on 4; the 1-device run sampled on 4.
+
+  (Local scope on 4 devices pairing each shard on its own is checked directly in
+  tests/couplings/test_couplings_scope.py.)
+  """
   root = tmp_path_factory.mktemp("parallel")
   one, four = str(root / "one"), str(root / "four")
   _worker(1, _train(f"{one}/global", method="otcfm"),
           _train(f"{one}/local", method="otcfm", coupling__scope="local"))
-  _worker(4, _train(f"{four}/global", method="otcfm"),
-          _train(f"{four}/local", method="otcfm", coupling__scope="local", eval__at_end="False"),
-          f"sample={one}/global={four}/resampled")
+  _worker(4, _train(f"{four}/global", method="otcfm"), f"sample={one}/global={four}/resampled")
   return one, four
 
 
@@ -133,14 +135,6 @@ def test_otcfm_four_devices_equal_one(otcfm_runs):
 def test_local_scope_on_one_device_is_global(otcfm_runs):
   one, _ = otcfm_runs
   assert _max_diff(_state(os.path.join(one, "local")).params, _state(os.path.join(one, "global")).params) == 0
-
-
-def test_local_scope_pairs_within_shards(otcfm_runs):
-  """4 shards of 8 points pair worse than one batch of 32 (and the parameters differ)."""
-  one, four = otcfm_runs
-  glob, loc = _metrics(os.path.join(one, "global")), _metrics(os.path.join(four, "local"))
-  assert all(l["cost_after"] > 1.1 * g["cost_after"] for g, l in zip(glob, loc))
-  assert _max_diff(_state(os.path.join(four, "local")).params, _state(os.path.join(one, "global")).params) > 100 * PARAM_ATOL
 
 
 def test_sampling_on_four_devices_equals_one(otcfm_runs):
