@@ -23,6 +23,13 @@ _MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders:
 NAMES = tuple(_MODULES)
 
 
+def __getattr__(name: str):
+  """`fm.data.toys`, `fm.data.images`, ... imported on first attribute access."""
+  if name in ("base", "toys", "images", "folder", "pairs"):
+    return importlib.import_module(f"fm.data.{name}")
+  raise AttributeError(f"module 'fm.data' has no attribute {name!r}")
+
+
 def _module(name: str):
   if name not in _MODULES:
     raise ValueError(f"unknown data source {name!r}; valid sources: {', '.join(NAMES)}")
