@@ -47,7 +47,10 @@ def eval_keys(seed: int):
 
 def _sharded(x: jax.Array, params) -> jax.Array:
   """`x` `[n, ...]` placed batch-sharded on the devices that hold `params`."""
-  leaf = jax.tree_util.tree_leaves(params)[0]
+  leaves = jax.tree_util.tree_leaves(params)
+  if not leaves:   # a parameter-free field (an analytic flow in tests)
+    return x
+  leaf = leaves[0]
   mesh = leaf.sharding.mesh if isinstance(leaf.sharding, jax.sharding.NamedSharding) else None
   if mesh is None:
     return x
