@@ -15,9 +15,10 @@ TINY = ["--config.model.num_channels=32", "--config.model.num_res_blocks=1", "--
 
 
 def _import(workdir, *extra):
+  # The import reads no data; any existing data.path satisfies the config check (CI has ../shared, not all do).
   return cli.main(["import-torchcfm", os.path.join(FIXTURES, "torchcfm_ckpt_tiny.pt"), "--config",
                    os.path.join(ROOT, "configs", "cifar10.py"), "--workdir", workdir,
-                   "--image-shape", "8,8,3", *TINY, *extra])
+                   "--image-shape", "8,8,3", f"--config.data.path={FIXTURES}", *TINY, *extra])
 
 
 def test_import_reproduces_torchcfm_and_samples(tmp_path, capsys):
