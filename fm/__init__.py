@@ -6,11 +6,16 @@ pairings), `methods` (coupling + path = a named method with a loss), `solvers`
 `data`, `models`, `metrics`.
 
 Submodules are imported on first use (`fm.couplings` imports JAX and SciPy),
-so `import fm` and `fm --help` are fast.
+so `import fm` and `fm --help` are fast. `import fm` adds one XLA:CPU flag to
+`XLA_FLAGS` (faster convolutions on CPU; `fm.xla_cpu` says which and when not).
 """
 from __future__ import annotations
 
 import importlib
+
+from fm import xla_cpu as _xla_cpu
+
+_xla_cpu.apply()   # faster CPU convolutions; see fm/xla_cpu.py (opt out: FM_XLA_CPU_DEFAULTS=0)
 
 __all__ = ["couplings", "data", "likelihood", "methods", "metrics", "models", "paths", "solvers"]
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fm.models.layers import timestep_embedding
+from fm.models.layers import GroupNorm, timestep_embedding
 
 __all__ = ["UNet", "from_torch", "DEFAULT_CHANNEL_MULT"]
 
@@ -42,8 +42,7 @@ def _dense(features, name, dtype, zero=False):
 
 def _norm(x, name):
   """GroupNorm(32 groups, eps 1e-5) computed in float32, returned in the dtype of x."""
-  gn = nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=jnp.float32, use_fast_variance=False, name=name)
-  return gn(x.astype(jnp.float32)).astype(x.dtype)
+  return GroupNorm(num_groups=32, epsilon=1e-5, name=name)(x).astype(x.dtype)
 
 
 def _upsample(x):
