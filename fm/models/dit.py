@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fm.models.layers import timestep_embedding
+from fm.models.layers import Conv, timestep_embedding
 
 __all__ = ["DiT", "SIZES", "DTYPES", "sincos_pos_embed_2d", "patchify", "unpatchify"]
 
@@ -197,7 +197,7 @@ class DiT(nn.Module):
 
     # Patch embedding, initialised like a Dense on the flattened patch (as DiT does).
     conv_init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
-    h = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt, kernel_init=conv_init,
+    h = Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt, kernel_init=conv_init,
                 name="x_embedder")(x.astype(dt))
     h = h.reshape(b, gh * gw, d).astype(jnp.float32) + jnp.asarray(sincos_pos_embed_2d(d, gh, gw))
 

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GroupNorm", "timestep_embedding"]
+__all__ = ["Conv", "GroupNorm", "conv2d", "timestep_embedding"]
+
+_DN = ("NHWC", "HWIO", "NHWC")
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -60,3 +65,74 @@ class GroupNorm(nn.Module):
     d = x - group_mean(x.mean(spatial))
     var = group_mean(jnp.square(d).mean(spatial))
     return d * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
+  """2D cross-correlation `[B, H, W, Ci] x [kh, kw, Ci, Co] -> [B, H', W', Co]` (as `lax.conv`).
+
+  The same numbers as `lax.conv_general_dilated` (NHWC, HWIO), with a gradient
+  whose weight part is written as a forward convolution in XLA's canonical
+  layout. XLA:CPU canonicalises the weight-gradient convolution that autodiff
+  emits only outside loops: inside the trainer's `lax.while_loop` it ran as a
+  naive loop nest, 100-400x slower (3 s instead of 20 ms for one 64-channel
+  32x32 layer at batch 32), which made a UNet step take 19 s instead of 0.6 s.
+  """
+  return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DN)
+
+
+def _conv2d_fwd(x, w, strides, padding):
+  return conv2d(x, w, strides, padding), (x, w)
+
+
+def _conv2d_bwd(strides, padding, res, g):
+  x, w = res
+  kh, kw = w.shape[:2]
+  # input gradient: g (dilated by s) convolved with the flipped kernel, Ci and Co swapped in memory
+  # (autodiff's version swaps them through dim_labels, which XLA:CPU also leaves slow inside loops)
+  w_t = jnp.transpose(jnp.flip(w, (0, 1)), (0, 1, 3, 2)).astype(x.dtype)  # [kh, kw, Co, Ci]
+  pads = []
+  for size, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, padding):
+    rest = (size + lo + hi - k) % s   # rows of x the forward pass never reached
+    pads.append((k - 1 - lo, k - 1 - hi + rest))
+  dx = jax.lax.conv_general_dilated(g.astype(x.dtype), w_t, (1, 1), pads, lhs_dilation=strides,
+                                    dimension_numbers=_DN)
+  # weight gradient dW[i, j, c, o] = sum_{b,h,w} xpad[b, s*h + i, s*w + j, c] g[b, h, w, o]:
+  # a convolution with batch = c, features = b, and g as the (dilated by s) kernel
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  lhs = jnp.transpose(xp, (3, 1, 2, 0))                # [Ci, Hp, Wp, B]
+  rhs = jnp.transpose(g.astype(x.dtype), (1, 2, 0, 3))  # [H', W', B, Co]
+  dw = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID", rhs_dilation=strides, dimension_numbers=_DN)
+  dw = jnp.transpose(dw[:, :kh, :kw, :], (1, 2, 0, 3))  # [kh, kw, Ci, Co]
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+class Conv(nn.Module):
+  """`nn.Conv` for 2D NHWC inputs through `conv2d`: same parameters (`kernel` `[kh, kw, Ci, Co]`,
+  `bias` `[Co]`), same numbers, a gradient that stays fast inside XLA:CPU loops.
+
+  padding: "SAME", "VALID" or `((top, bottom), (left, right))`.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Any = "SAME"
+  dtype: Any = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    dtype = self.dtype or jnp.result_type(x.dtype, jnp.float32)
+    padding = self.padding
+    if isinstance(padding, str):
+      padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), tuple(self.strides), padding))
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    y = conv2d(x.astype(dtype), kernel.astype(dtype), tuple(int(s) for s in self.strides), padding)
+    return y + bias.astype(dtype)

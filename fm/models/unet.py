@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fm.models.layers import GroupNorm, timestep_embedding
+from fm.models.layers import Conv, GroupNorm, timestep_embedding
 
 __all__ = ["UNet", "from_torch", "DEFAULT_CHANNEL_MULT"]
 
@@ -32,7 +32,7 @@ _zeros = nn.initializers.zeros
 
 def _conv(features, name, dtype, size=3, stride=1, zero=False):
   pad = (size - 1) // 2
-  return nn.Conv(features, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+  return Conv(features, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                  dtype=dtype, kernel_init=_zeros if zero else _torch_init, name=name)
 
 

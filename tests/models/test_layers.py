@@ -50,3 +50,57 @@ def test_group_norm_parameters_init_and_bad_channels():
   assert GroupNorm().apply(params, x).dtype == jnp.float32   # computed in float32 whatever x is
   with pytest.raises(ValueError, match="48 channels are not divisible by 32 groups"):
     GroupNorm().init(jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 48)))
+
+
+@pytest.mark.parametrize("k,stride,pad,hw", [
+    (3, 1, ((1, 1), (1, 1)), (8, 8)),     # the UNet's 3x3 convolutions
+    (3, 2, ((1, 1), (1, 1)), (8, 6)),     # its downsampling (padding 1 each side, not SAME)
+    (1, 1, ((0, 0), (0, 0)), (5, 7)),     # 1x1 skip connections
+    (2, 2, ((0, 0), (0, 0)), (8, 8)),     # DiT's patch embedding
+    (3, 2, ((0, 1), (2, 0)), (7, 9)),     # odd sizes, uneven padding
+])
+def test_conv2d_value_and_gradient_match_lax_in_float64(k, stride, pad, hw):
+  from fm.models.layers import conv2d
+  with jax.enable_x64(True):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    x = jax.random.normal(k1, (3, *hw, 4), jnp.float64)
+    w = jax.random.normal(k2, (k, k, 4, 5), jnp.float64)
+
+    def ref(x, w):
+      return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv2d(x, w, (stride, stride), pad)
+    np.testing.assert_allclose(y, ref(x, w), rtol=1e-12, atol=1e-12)
+    g = jax.random.normal(k3, y.shape, jnp.float64)
+    got = jax.vjp(lambda x, w: conv2d(x, w, (stride, stride), pad), x, w)[1](g)
+    want = jax.vjp(ref, x, w)[1](g)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # brute force for one weight-gradient entry: sum over b, h, w of xpad[b, s h + i, s w + j, c] g[b, h, w, o]
+    xp = np.pad(np.asarray(x), ((0, 0), *pad, (0, 0)))
+    i, j, c, o = k - 1, 0, 2, 3
+    ho, wo = y.shape[1:3]
+    brute = sum(xp[b, stride * h + i, stride * v + j, c] * g[b, h, v, o]
+                for b in range(3) for h in range(ho) for v in range(wo))
+    np.testing.assert_allclose(got[1][i, j, c, o], brute, rtol=1e-10)
+
+
+def test_conv_module_matches_flax_conv_and_is_fast_in_loops():
+  from fm.models.layers import Conv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  ours = Conv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  flax_conv = nn.Conv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  params = flax_conv.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-5)
+  assert ours.apply(params, x.astype(jnp.bfloat16)).dtype == jnp.float32   # promotes as nn.Conv does
+  y16 = ours.clone(dtype=jnp.bfloat16).apply(params, x)
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y16.astype(jnp.float32), flax_conv.apply(params, x), atol=0.1)
+  # the gradient inside a while loop (the trainer's multi-step) equals the one outside
+  loss = lambda p: jnp.sum(ours.apply(p, x) ** 2)
+  g1 = jax.grad(loss)(params)
+  g2 = jax.lax.while_loop(lambda c: c[0] < 1, lambda c: (c[0] + 1, jax.grad(loss)(params)),
+                          (0, jax.tree.map(jnp.zeros_like, params)))[1]
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
