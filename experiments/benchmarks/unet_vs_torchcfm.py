@@ -83,7 +83,7 @@ def time_window(runner, n_chunks):
 
 # ------------------------------------------------------------------------------- fm
 
-def make_fm_runner(method, preset, dtype):
+def make_fm_runner(method, preset, dtype, batch):
   import jax  # pylint: disable=g-import-not-at-top
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   from fm.data import images as images_data  # pylint: disable=g-import-not-at-top
@@ -91,13 +91,13 @@ def make_fm_runner(method, preset, dtype):
 
   p = PRESETS[preset]
   config = config_lib.load(os.path.join(ROOT, "configs", "cifar10.py"))
-  overrides = {"method": method, "train.batch_size": p["batch"], "train.steps_per_call": p["steps_per_call"],
+  overrides = {"method": method, "train.batch_size": batch, "train.steps_per_call": p["steps_per_call"],
                "model.dtype": dtype, **{f"model.{k}": v for k, v in p["model"].items()}}
   config = config_lib.apply_overrides(
       config, [(k, ",".join(map(str, v)) if isinstance(v, tuple) else str(v)) for k, v in overrides.items()])
   config_lib.validate(config)
   run = run_lib.build(config, (32, 32, 3))
-  batch_fn = images_data.image_batches(p["batch"], hflip=True)
+  batch_fn = images_data.image_batches(batch, hflip=True)
   multi_step = jax.jit(step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, batch_fn,
                                                 config.train.ema_decay), donate_argnums=0)
   data = {"images": jax.device_put(_images())}
@@ -125,13 +125,12 @@ def make_fm_runner(method, preset, dtype):
 
 # ------------------------------------------------------------------------- TorchCFM
 
-def make_torch_runner(method, preset, device, threads):
+def make_torch_runner(method, preset, device, threads, batch):
   import torch  # pylint: disable=g-import-not-at-top
   from torchcfm import conditional_flow_matching as cfm  # pylint: disable=g-import-not-at-top
   from torchcfm.models.unet.unet import UNetModelWrapper  # pylint: disable=g-import-not-at-top
 
   p = PRESETS[preset]
-  batch = p["batch"]
   torch.manual_seed(0)
   if device == "cpu":
     torch.set_num_threads(threads)
@@ -185,6 +184,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
   ap.add_argument("--methods", default="icfm,otcfm")
+  ap.add_argument("--batch", type=int, default=0, help="batch size (default: the preset's)")
   ap.add_argument("--device", default="cpu", help="torch device for TorchCFM (cpu, cuda)")
   ap.add_argument("--fm-dtype", default="float32", help="comma list of fm model.dtype values")
   ap.add_argument("--seconds", type=float, default=6.0, help="length of one timed window")
@@ -195,14 +195,15 @@ def main():
   warnings.filterwarnings("ignore")
   methods = a.methods.split(",")
   dtypes = a.fm_dtype.split(",")
+  batch = a.batch or PRESETS[a.preset]["batch"]
 
   import jax  # pylint: disable=g-import-not-at-top
   variants = {}
   for method in methods:
     if not a.no_torch:
-      variants[("TorchCFM", method, "float32")] = make_torch_runner(method, a.preset, a.device, a.threads)
+      variants[("TorchCFM", method, "float32")] = make_torch_runner(method, a.preset, a.device, a.threads, batch)
     for dt in dtypes:
-      variants[("fm", method, dt)] = make_fm_runner(method, a.preset, dt)
+      variants[("fm", method, dt)] = make_fm_runner(method, a.preset, dt, batch)
 
   n_chunks = {}
   for key, (runner, _) in variants.items():
@@ -214,7 +215,6 @@ def main():
     for key, (runner, _) in variants.items():
       rates[key].append(time_window(runner, n_chunks[key]))
   steps_s = {key: statistics.median(r) for key, r in rates.items()}
-  batch = PRESETS[a.preset]["batch"]
 
   from fm import provenance  # pylint: disable=g-import-not-at-top
   prov = provenance.record()

@@ -1,18 +1,22 @@
 """Bits/dim of a small CIFAR-10 image run: exact divergence against Hutchinson, at two dopri5 tolerances.
 
   PYTHONPATH=. python experiments/images/bpd.py --workdir /tmp/bpd_run   # ~30-60 min on a loaded 2-core CPU
+  python experiments/images/bpd.py --from-workdir demo_images/icfm --exact-num 4 --hutch-num 256
+      # the smoke UNet run of `make demo-images` (no training), written to BPD_RESULTS_UNET.md
 
 configs/cifar10.py:smoke has a UNet; this script trains the same smoke setup
 (16x16 box-downscaled CIFAR-10 JPEG copy, all 50 000 train images, I-CFM,
 sigma = 0) with an MLP instead (`--model mlp`, 3 x 512 SELU), unless
-`--model unet` is asked for and registered. Then, through `fm eval`'s runner
+`--model unet` is asked for, or `--from-workdir` names a trained run (any
+model) to measure as it is. Then, through `fm eval`'s runner
 (every number also lands in WORKDIR/eval.jsonl), on held-out images of the
 test split (a seeded random subset):
 
   - exact divergence (768 vjps per evaluation) on `--exact-num` images,
   - Hutchinson (one Rademacher probe) on the same images, and on `--hutch-num` images,
 
-each at dopri5 rtol = atol = 1e-3 and 1e-5, and writes `BPD_RESULTS.md` to `--out`.
+each at dopri5 rtol = atol = 1e-3 and 1e-5, and writes `BPD_RESULTS.md` (MLP) or
+`BPD_RESULTS_UNET.md` (UNet) to `--out`.
 """
 from __future__ import annotations
 
@@ -81,11 +85,17 @@ def main(argv=None):
   parser.add_argument("--tols", default="1e-3,1e-5")
   parser.add_argument("--draws", type=int, default=8, help="Hutchinson probe draws for the probe noise")
   parser.add_argument("--out", default=HERE)
+  parser.add_argument("--from-workdir", default="", help="measure this trained run instead of training one")
   args = parser.parse_args(argv)
-  config = _config(args)
-  t0 = time.time()
-  loop.train(config, args.workdir)
-  train_s = time.time() - t0
+  if args.from_workdir:
+    args.workdir = args.from_workdir
+    config = run_lib.load_config(args.workdir)
+    train_s = None
+  else:
+    config = _config(args)
+    t0 = time.time()
+    loop.train(config, args.workdir)
+    train_s = time.time() - t0
   rows = []
   for tol in (float(t) for t in args.tols.split(",")):
     for div, num in (("exact", args.exact_num), ("hutchinson", args.exact_num), ("hutchinson", args.hutch_num)):
@@ -106,11 +116,15 @@ def main(argv=None):
   load = os.getloadavg()[0]
   lines = [
       "# Bits/dim of a small CIFAR-10 run: exact vs Hutchinson divergence, two tolerances", "",
-      f"Run: `python experiments/images/bpd.py` — {config.model.name.upper()} "
-      f"({', '.join(f'{k}={v}' for k, v in config.model.items() if k != 'name')}) trained with "
-      f"{config.method} for {config.train.steps} steps at batch {config.train.batch_size} on "
-      f"{rows[0]['data']} ({train_s:.0f} s). No UNet was registered in fm.models when this ran, so the "
-      "smoke config's model section is replaced by this MLP.", "",
+      (f"Run: `python experiments/images/bpd.py --from-workdir {args.workdir}` — the trained run in "
+       f"`{args.workdir}`: {config.model.name.upper()} "
+       f"({', '.join(f'{k}={v}' for k, v in config.model.items() if k != 'name')}) trained with "
+       f"{config.method} for {config.train.steps} steps at batch {config.train.batch_size} on {rows[0]['data']}, "
+       f"EMA parameters." if train_s is None else
+       f"Run: `python experiments/images/bpd.py` — {config.model.name.upper()} "
+       f"({', '.join(f'{k}={v}' for k, v in config.model.items() if k != 'name')}) trained with "
+       f"{config.method} for {config.train.steps} steps at batch {config.train.batch_size} on "
+       f"{rows[0]['data']} ({train_s:.0f} s)."), "",
       f"Held-out images: {rows[0]['held_out']} (exact rows) — the Hutchinson rows on the same images use "
       "the same dequantisation noise (same seed), so exact and Hutchinson differ only by the divergence "
       "estimator and the solver's step sizes. bits/dim = -log p1(y) / (D ln 2) + 7 with y = 2 (k + u) / 256 - 1, "
@@ -132,9 +146,9 @@ def main(argv=None):
                 f"Hutchinson over {len(h)} independent probe draws {h.mean():.4f} (mean), standard deviation "
                 f"{h.std(ddof=1):.4f} of the {args.exact_num}-image mean per draw, range {h.min():.4f}..{h.max():.4f} "
                 f"({spread_s:.0f} s)."]
-  lines += ["", f"CPU: shared 2 cores, load average {load:.1f} at the end (about 8 agents); fm commit "
-                f"{rows[0]['fm_commit'][:12]}."]
-  with open(os.path.join(args.out, "BPD_RESULTS.md"), "w") as f:
+  lines += ["", f"CPU: 2 cores, load average {load:.1f} at the end; fm commit {rows[0]['fm_commit'][:12]}."]
+  name = "BPD_RESULTS_UNET.md" if config.model.name == "unet" else "BPD_RESULTS.md"
+  with open(os.path.join(args.out, name), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
   return 0

@@ -222,7 +222,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
 
   pending = []        # stats of chunks since the last fetch
   to_log = None       # (step, stats list) fetched after the next dispatch
-  last_time, last_step = time.time(), start
+  last_time, last_step = time.time(), start   # when and where training last resumed after a pause
+  prev_row_step = start
 
   def fetch(stats_list):
     """Host copy of chunk stats; raises _NonFinite at a step that was not applied."""
@@ -233,18 +234,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
     return stats_list
 
   def write_metrics(at_step, stats_list):
-    nonlocal last_time, last_step
+    nonlocal prev_row_step
     count = sum(int(s["count"]) for s in stats_list)
     row = {"step": at_step}
     for k in stats_list[0]["sums"]:
       row[k] = float(sum(float(s["sums"][k]) for s in stats_list) / max(count, 1))
-    now = time.time()
-    row["steps_per_sec"] = (at_step - last_step) / max(now - last_time, 1e-9)
+    # the average since the host last paused training (start, checkpoint, sample grid): a row's
+    # own interval is unknown without a sync (on CPU a chunk with a host callback returns only when
+    # done, so two rows can be fetched back to back)
+    row["steps_per_sec"] = (at_step - last_step) / max(time.time() - last_time, 1e-9)
     row["examples_per_sec"] = row["steps_per_sec"] * tc.batch_size
     row["lr"] = float(lr_schedule(at_step - 1))
     if "converged" in row:
-      row["coupling_unconverged"] = _warn_unconverged(run.method.coupling, stats_list, last_step, at_step)
-    last_time, last_step = now, at_step
+      row["coupling_unconverged"] = _warn_unconverged(run.method.coupling, stats_list, prev_row_step, at_step)
+    prev_row_step = at_step
     if partitioning.is_writer():
       with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -271,15 +274,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
         step = end
         if end % tc.log_every == 0 or end == tc.steps:
           to_log, pending = (end, pending), []
+        pause = end % tc.checkpoint_every == 0 or end == tc.steps or (eval_every and end % eval_every == 0)
+        if pause and to_log is not None:   # the host is about to pause training: log first
+          write_metrics(to_log[0], fetch(to_log[1]))
+          to_log = None
         if end % tc.checkpoint_every == 0 or end == tc.steps:
-          if to_log is not None:
-            write_metrics(to_log[0], fetch(to_log[1]))
-            to_log = None
           fetch(pending)
           ckpt.save(end, state)
         if eval_every and end % eval_every == 0:
           for evaluator in evaluators:
             writer.scalars(evaluator(end, state.ema_params, writer), end)
+        if pause:
+          last_time, last_step = time.time(), end
       if to_log is not None:
         write_metrics(to_log[0], fetch(to_log[1]))
       if step < tc.steps:  # stopped by a signal (on any process)
