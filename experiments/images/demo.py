@@ -1,10 +1,11 @@
 """`make demo-images`: the smoke UNet trained with I-CFM and OT-CFM on CIFAR-10, sample grids side by side.
 
-  python experiments/images/demo.py --workdir demo_images     # ~10 minutes on a 2-core CPU
+  python experiments/images/demo.py --workdir demo_images     # ~9 minutes on a 2-core CPU
   python experiments/images/demo.py --workdir /tmp/d --smoke  # tens of seconds, for tests
 
 Both runs use `configs/cifar10.py:smoke` (tiny UNet on 16x16 downscaled
-images; same seed, data, model and budget) on the offline JPEG copy of
+images; same seed, data, model and budget) for 1500 steps (`--steps`; the
+smoke config alone stops at 600) on the offline JPEG copy of
 CIFAR-10 (`data.path`, default ../shared/data/cifar10-jpeg.tar.gz; its FID is
 not comparable with published numbers, and none is computed here). Each run
 is sampled from the same 64 noise draws with dopri5 (rtol = atol = 1e-3 by
@@ -64,7 +65,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="demo_images")
   parser.add_argument("--data-path", default="", help="image folder or tarball (default: the config's)")
-  parser.add_argument("--steps", type=int, default=0, help="train steps (default: the smoke config's)")
+  parser.add_argument("--steps", type=int, default=1500, help="train steps (0: the smoke config's 600)")
   parser.add_argument("--tol", type=float, default=1e-3, help="dopri5 rtol = atol of the final samples")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--smoke", action="store_true", help="tiny budget (tests)")
