@@ -103,11 +103,20 @@ def make_fm_runner(method, task, batch, lr, steps_per_call):
   multi_step = jax.jit(
       step_lib.make_multi_step(loss_fn, run.optimizer, batch_fn, config.train.ema_decay),
       donate_argnums=0)
-  box = {"state": run.init_state(), "stats": None}
-  n = np.int32(K)
+  runner = trainer_runner(multi_step, run.init_state(), K)
+  runner.chunk(); runner.sync()   # compile + warm up
+  runner.chunk(); runner.sync()
+  return runner
+
+
+def trainer_runner(multi_step, state, steps_per_call, data=None):
+  """A Runner over fm's jitted `multi_step(state, K, data)` (also used by unet_vs_torchcfm.py)."""
+  import jax
+  box = {"state": state, "stats": None}
+  n = np.int32(steps_per_call)
 
   def chunk():
-    box["state"], box["stats"] = multi_step(box["state"], n, None)
+    box["state"], box["stats"] = multi_step(box["state"], n, data)
 
   def sync():
     jax.block_until_ready(box["state"])
@@ -118,9 +127,7 @@ def make_fm_runner(method, task, batch, lr, steps_per_call):
       raise RuntimeError("fm training step failed (non-finite loss)")
     return float(s["sums"]["loss"] / max(int(s["count"]), 1))
 
-  chunk(); sync()   # compile + warm up
-  chunk(); sync()
-  return Runner(chunk, sync, K, last_loss)
+  return Runner(chunk, sync, steps_per_call, last_loss)
 
 
 # ------------------------------------------------------------------------ TorchCFM

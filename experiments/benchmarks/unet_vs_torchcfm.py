@@ -47,8 +47,10 @@ import warnings
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_vs_torchcfm import Runner, trainer_runner, window  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PRESETS = {
     "tiny": dict(model=dict(num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
@@ -64,21 +66,6 @@ LR, WARMUP, CLIP, EMA = 2e-4, 5000, 1.0, 0.9999
 
 def _images(seed=0):
   return np.random.default_rng(seed).integers(0, 256, (NUM_IMAGES, 32, 32, 3), dtype=np.uint8)
-
-
-class Runner:
-  """`chunk()` runs `per_chunk` steps; `sync()` waits for the device."""
-
-  def __init__(self, chunk, sync, per_chunk, last_loss):
-    self.chunk, self.sync, self.per_chunk, self.last_loss = chunk, sync, per_chunk, last_loss
-
-
-def time_window(runner, n_chunks):
-  t0 = time.perf_counter()
-  for _ in range(n_chunks):
-    runner.chunk()
-  runner.sync()
-  return n_chunks * runner.per_chunk / (time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------- fm
@@ -100,27 +87,13 @@ def make_fm_runner(method, preset, dtype, batch):
   batch_fn = images_data.image_batches(batch, hflip=True)
   multi_step = jax.jit(step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, batch_fn,
                                                 config.train.ema_decay), donate_argnums=0)
-  data = {"images": jax.device_put(_images())}
-  box = {"state": run.init_state(), "stats": None}
-  k = np.int32(p["steps_per_call"])
-
-  def chunk():
-    box["state"], box["stats"] = multi_step(box["state"], k, data)
-
-  def sync():
-    jax.block_until_ready(box["state"])
-
-  def last_loss():
-    s = jax.device_get(box["stats"])
-    if s["failed"]:
-      raise RuntimeError("fm training step failed (non-finite loss)")
-    return float(s["sums"]["loss"] / max(int(s["count"]), 1))
-
+  runner = trainer_runner(multi_step, run.init_state(), p["steps_per_call"],
+                          {"images": jax.device_put(_images())})
   t0 = time.perf_counter()
-  chunk(); sync()
+  runner.chunk(); runner.sync()
   compile_s = time.perf_counter() - t0
-  chunk(); sync()
-  return Runner(chunk, sync, p["steps_per_call"], last_loss), compile_s
+  runner.chunk(); runner.sync()
+  return runner, compile_s
 
 
 # ------------------------------------------------------------------------- TorchCFM
@@ -213,7 +186,7 @@ def main():
   rates = {key: [] for key in variants}
   for _ in range(a.repeats):
     for key, (runner, _) in variants.items():
-      rates[key].append(time_window(runner, n_chunks[key]))
+      rates[key].append(window(runner, n_chunks[key]))
   steps_s = {key: statistics.median(r) for key, r in rates.items()}
 
   from fm import provenance  # pylint: disable=g-import-not-at-top
