@@ -111,8 +111,9 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class Conv(nn.Module):
-  """`nn.Conv` for 2D NHWC inputs through `conv2d`: same parameters (`kernel` `[kh, kw, Ci, Co]`,
-  `bias` `[Co]`), same numbers, a gradient that stays fast inside XLA:CPU loops.
+  """`nn.Conv` for 2D NHWC inputs: same parameters (`kernel` `[kh, kw, Ci, Co]`, `bias` `[Co]`),
+  same numbers; on CPU through `conv2d`, whose gradient stays fast inside XLA:CPU loops, on
+  other platforms through `lax.conv_general_dilated` and XLA's own gradient.
 
   padding: "SAME", "VALID" or `((top, bottom), (left, right))`.
   """
@@ -134,5 +135,11 @@ class Conv(nn.Module):
     if isinstance(padding, str):
       padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), tuple(self.strides), padding))
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    y = conv2d(x.astype(dtype), kernel.astype(dtype), tuple(int(s) for s in self.strides), padding)
+    strides = tuple(int(s) for s in self.strides)
+
+    def xla_conv(x, w):   # elsewhere XLA's own gradient (cuDNN's kernels on GPU)
+      return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DN)
+
+    y = jax.lax.platform_dependent(x.astype(dtype), kernel.astype(dtype),
+                                   cpu=lambda x, w: conv2d(x, w, strides, padding), default=xla_conv)
     return y + bias.astype(dtype)

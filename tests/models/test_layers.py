@@ -104,3 +104,19 @@ def test_conv_module_matches_flax_conv_and_is_fast_in_loops():
                           (0, jax.tree.map(jnp.zeros_like, params)))[1]
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_gradient_in_a_loop_compiles_to_canonical_convolutions_on_cpu():
+  """Inside a while loop XLA:CPU ran non-canonical gradient convolutions as naive loop nests."""
+  from fm.models.layers import Conv
+  if jax.default_backend() != "cpu":
+    pytest.skip("the CPU path")
+  x = jnp.ones((2, 8, 8, 4))
+  convs = [Conv(8, (3, 3), padding=((1, 1), (1, 1))), Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))]
+  params = [c.init(jax.random.PRNGKey(0), x) for c in convs]
+  loss = lambda ps, x: sum(jnp.sum(c.apply(p, x) ** 2) for c, p in zip(convs, ps))
+  body = lambda c: (c[0] + 1, *jax.grad(loss, argnums=(0, 1))(c[1], c[2]))   # weight and input gradients
+  loop = jax.jit(lambda ps, x: jax.lax.while_loop(lambda c: c[0] < 2, body, (0, ps, x))[1:])
+  hlo = loop.lower(params, x).compile().as_text()
+  labels = [line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if " convolution(" in line]
+  assert len(labels) >= 6 and set(labels) == {"b01f_01io->b01f"}, labels
