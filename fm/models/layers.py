@@ -72,11 +72,12 @@ def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple[
   """2D cross-correlation `[B, H, W, Ci] x [kh, kw, Ci, Co] -> [B, H', W', Co]` (as `lax.conv`).
 
   The same numbers as `lax.conv_general_dilated` (NHWC, HWIO), with a gradient
-  whose weight part is written as a forward convolution in XLA's canonical
-  layout. XLA:CPU canonicalises the weight-gradient convolution that autodiff
-  emits only outside loops: inside the trainer's `lax.while_loop` it ran as a
-  naive loop nest, 100-400x slower (3 s instead of 20 ms for one 64-channel
-  32x32 layer at batch 32), which made a UNet step take 19 s instead of 0.6 s.
+  whose input and weight parts are each written as a forward convolution in
+  XLA's canonical layout. XLA:CPU canonicalises the gradient convolutions that
+  autodiff emits only outside loops: inside the trainer's `lax.while_loop` they
+  ran as naive loop nests, 100-400x slower (3 s instead of 20 ms for one
+  64-channel 32x32 weight gradient at batch 32), which made a UNet step take
+  19 s instead of 0.6 s.
   """
   return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DN)
 
