@@ -1,7 +1,7 @@
 """Bits/dim of a small CIFAR-10 image run: exact divergence against Hutchinson, at two dopri5 tolerances.
 
   PYTHONPATH=. python experiments/images/bpd.py --workdir /tmp/bpd_run   # ~30-60 min on a loaded 2-core CPU
-  python experiments/images/bpd.py --from-workdir demo_images/icfm --exact-num 4 --hutch-num 256
+  python experiments/images/bpd.py --from-workdir demo_images/icfm --exact-num 2 --hutch-num 128 --draws 2
       # the smoke UNet run of `make demo-images` (no training), written to BPD_RESULTS_UNET.md
 
 configs/cifar10.py:smoke has a UNet; this script trains the same smoke setup
@@ -116,15 +116,10 @@ def main(argv=None):
   load = os.getloadavg()[0]
   lines = [
       "# Bits/dim of a small CIFAR-10 run: exact vs Hutchinson divergence, two tolerances", "",
-      (f"Run: `python experiments/images/bpd.py --from-workdir {args.workdir}` — the trained run in "
-       f"`{args.workdir}`: {config.model.name.upper()} "
-       f"({', '.join(f'{k}={v}' for k, v in config.model.items() if k != 'name')}) trained with "
-       f"{config.method} for {config.train.steps} steps at batch {config.train.batch_size} on {rows[0]['data']}, "
-       f"EMA parameters." if train_s is None else
-       f"Run: `python experiments/images/bpd.py` — {config.model.name.upper()} "
-       f"({', '.join(f'{k}={v}' for k, v in config.model.items() if k != 'name')}) trained with "
-       f"{config.method} for {config.train.steps} steps at batch {config.train.batch_size} on "
-       f"{rows[0]['data']} ({train_s:.0f} s)."), "",
+      f"Run: `python experiments/images/bpd.py{' --from-workdir ' + args.workdir if train_s is None else ''}` — "
+      f"{config.model.name.upper()} ({', '.join(f'{k}={v}' for k, v in config.model.items() if k != 'name')}) "
+      f"trained with {config.method} for {config.train.steps} steps at batch {config.train.batch_size} on "
+      f"{rows[0]['data']}" + (", EMA parameters of that run." if train_s is None else f" ({train_s:.0f} s)."), "",
       f"Held-out images: {rows[0]['held_out']} (exact rows) — the Hutchinson rows on the same images use "
       "the same dequantisation noise (same seed), so exact and Hutchinson differ only by the divergence "
       "estimator and the solver's step sizes. bits/dim = -log p1(y) / (D ln 2) + 7 with y = 2 (k + u) / 256 - 1, "
