@@ -127,7 +127,7 @@ class DiT(nn.Module):
     size: one of `SIZES` ("S/2", "B/2", ...): depth, hidden size, heads and patch size.
     depth, hidden_size, num_heads, patch_size: override the entries of `size` when set.
     mlp_ratio: MLP width over hidden size (4 in DiT).
-    num_classes: if set, the model is class-conditional and needs `y` `[B]` int labels
+    num_classes: if > 0, the model is class-conditional and needs `y` `[B]` int labels
       in [0, num_classes]; label `num_classes` is the "no class" token (DiT's extra
       embedding row for classifier-free guidance), so a trainer can drop labels by
       writing `num_classes`.
@@ -159,8 +159,10 @@ class DiT(nn.Module):
     if d % n or d % 4:
       raise ValueError(f"DiT hidden_size {d} is invalid; valid: multiples of num_heads ({n}) and of 4 "
                        "(the 2-D position embedding)")
-    if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
-      raise ValueError(f"DiT num_classes={self.num_classes!r} is invalid; valid: None or a positive integer")
+    if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                         or self.num_classes < 0):
+      raise ValueError(f"DiT num_classes={self.num_classes!r} is invalid; valid: a positive integer, or 0 / None "
+                       f"(unconditional)")
     try:
       ok = jnp.dtype(self.dtype).name in DTYPES
     except TypeError:
@@ -190,7 +192,7 @@ class DiT(nn.Module):
     if hh % p or ww % p:
       raise ValueError(f"image size {hh}x{ww} is not divisible by the DiT patch size {p}; "
                        f"valid sizes are multiples of {p}")
-    if (y is None) != (self.num_classes is None):
+    if (y is None) == bool(self.num_classes):
       raise ValueError("DiT labels y must be given exactly when num_classes is set "
                        f"(num_classes={self.num_classes}, y given: {y is not None})")
     gh, gw = hh // p, ww // p
@@ -206,7 +208,7 @@ class DiT(nn.Module):
     c = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="t_embedder_mlp_0")(c.astype(dt))
     c = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="t_embedder_mlp_2")(nn.silu(c))
     c = c.astype(jnp.float32)
-    if self.num_classes is not None:
+    if self.num_classes:
       table = nn.Embed(self.num_classes + 1, d, embedding_init=_normal02, name="y_embedder")
       c = c + table(jnp.asarray(y, jnp.int32))
 

@@ -14,18 +14,23 @@ class MLP(nn.Module):
   """v(t, x) = MLP([x, t]) with `depth` hidden layers of `width` units.
 
   Matches TorchCFM's `MLP(dim, w, time_varying=True)` for depth=3: the time is
-  appended to the flattened input as one more feature.
+  appended to the flattened input as one more feature. A class-conditional MLP
+  (`num_classes > 0`) also appends a learnt `width`-dim embedding of the label
+  `y` in [0, num_classes] (`num_classes` is the null class of classifier-free
+  guidance).
 
   Attributes:
     dim: number of features of a flattened sample; None infers it from `x`.
     width: hidden units per layer.
     depth: number of hidden layers.
     activation: one of `ACTIVATIONS`.
+    num_classes: number of class labels (0: unconditional, no `y`).
   """
   dim: int | None = None
   width: int = 64
   depth: int = 3
   activation: str = "selu"
+  num_classes: int = 0
 
   def check(self) -> None:
     """ValueError naming a bad option (called by `fm.models.make`)."""
@@ -35,11 +40,19 @@ class MLP(nn.Module):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"MLP {name} must be a positive integer, got {value!r}")
+    n = self.num_classes
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+      raise ValueError(f"MLP num_classes must be an integer >= 0 (0 = unconditional), got {n!r}")
 
   @nn.compact
-  def __call__(self, t, x, train: bool = False):
-    """t: `[B]` or scalar; x: `[B, *shape]`. Returns `[B, *shape]`; `train` is unused (no dropout)."""
+  def __call__(self, t, x, y=None, train: bool = False):
+    """t: `[B]` or scalar; x: `[B, *shape]`; y: `[B]` int labels iff `num_classes`.
+
+    Returns `[B, *shape]`; `train` is unused (no dropout).
+    """
     del train
+    if (y is None) == bool(self.num_classes):
+      raise ValueError(f"labels y must be given if and only if num_classes is set (num_classes={self.num_classes})")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[self.activation]
@@ -50,6 +63,9 @@ class MLP(nn.Module):
     if dim != h.shape[1]:
       raise ValueError(f"MLP built for dim={self.dim} got samples of shape {x.shape[1:]}")
     h = jnp.concatenate([h, t[:, None]], axis=1)
+    if self.num_classes:
+      emb = nn.Embed(self.num_classes + 1, self.width, name="label_emb")(jnp.asarray(y, jnp.int32))
+      h = jnp.concatenate([h, emb.astype(h.dtype)], axis=1)
     for _ in range(self.depth):
       h = act(nn.Dense(self.width)(h))
     return nn.Dense(dim)(h).reshape(x.shape)
