@@ -2,7 +2,8 @@
 
     plan = fm.couplings.plan(x0, x1, method="exact")        # [n, m], sums to 1
     couple = fm.couplings.make("sinkhorn", relative=0.05)
-    x0p, x1p, info = couple(key, x0, x1)
+    i0, i1, info = couple(key, x0, x1)                      # [B] int32 each
+    x0, x1 = fm.couplings.apply(i0, i1, x0, x1)             # any pytrees: (x1, labels), ...
 
 Cost: squared Euclidean distance between flattened samples `[B, *shape]`.
 """
@@ -13,14 +14,14 @@ import jax
 
 from fm.couplings import base, exact, scope, sinkhorn
 from fm.couplings.auction import auction
-from fm.couplings.base import Independent, pair_cost, sqdist
+from fm.couplings.base import Independent, apply, gather, pair_cost, sqdist
 from fm.couplings.exact import Exact, assignment, assignment_points, exact_plan
 from fm.couplings.scope import SCOPES, Scoped
 from fm.couplings.sinkhorn import SB, Sinkhorn
 
 __all__ = [
     "NAMES", "SCOPES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Scoped",
-    "assignment", "assignment_points", "exact_plan", "auction", "sqdist", "pair_cost",
+    "assignment", "assignment_points", "exact_plan", "auction", "sqdist", "pair_cost", "apply", "gather",
 ]
 
 _REGISTRY: Dict[str, Callable[..., Any]] = {
@@ -33,7 +34,7 @@ NAMES = tuple(_REGISTRY)
 
 
 def make(name: str, scope: str = "global", mesh=None, **kwargs: Any):
-  """Build a coupling `couple(key, x0, x1) -> (x0p, x1p, info)` by name.
+  """Build a coupling `couple(key, x0, x1) -> (i0, i1, info)` by name (apply with `apply`).
 
   `scope` ("global" or "local", see `fm.couplings.scope`) says how a batch
   sharded over the data axis of `mesh` is paired; without a mesh the batch is

@@ -1,4 +1,10 @@
-"""Shared helpers for minibatch couplings: costs, diagnostics, independent."""
+"""Shared helpers for minibatch couplings: costs, pair draws, applying indices, diagnostics, independent.
+
+Every coupling is called as `i0, i1, info = couple(key, x0, x1)`: the pairing
+is the index arrays `i0, i1` `[B]` int32 (pair k is `(x0[i0[k]], x1[i1[k]])`),
+and `apply(i0, i1, a, b)` (or `gather`) applies them to anything attached to
+the examples (arrays, labels, any pytree with a leading batch axis).
+"""
 import dataclasses
 from typing import Any, Dict, Tuple
 
@@ -6,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["sqdist", "sqdist_host", "pair_cost", "sample_rows", "sample_joint", "Independent"]
+__all__ = ["sqdist", "sqdist_host", "pair_cost", "sample_rows", "sample_joint", "draw", "gather", "apply",
+           "Independent"]
 
 Info = Dict[str, jax.Array]
 
@@ -96,7 +103,40 @@ def sample_joint(key: jax.Array, plan: jax.Array, num: int) -> Tuple[jax.Array, 
   return (flat // m).astype(jnp.int32), (flat % m).astype(jnp.int32)
 
 
-def _info(x0, x1, x0p, x1p, **extra: Any) -> Info:
+def draw(key: jax.Array, log_plan: jax.Array, replace: bool) -> Tuple[jax.Array, jax.Array]:
+  """Pairs drawn from a (possibly unnormalised) log-plan `[n, m]`: indices `(i0, i1)`, `[n]` int32 each.
+
+  `replace=False`: x0 kept in order (`i0 = arange(n)`), `i1[i] ~ plan[i, :] / rowsum`
+  (`sample_rows`). `replace=True`: TorchCFM's `sample_map`, n flat pairs
+  `(i, j) ~ plan / sum(plan)` drawn jointly with replacement (`sample_joint`).
+  """
+  n = log_plan.shape[0]
+  if replace:
+    return sample_joint(key, jnp.exp(log_plan), n)
+  return jnp.arange(n, dtype=jnp.int32), sample_rows(key, log_plan)
+
+
+def gather(tree: Any, idx: jax.Array) -> Any:
+  """`leaf[idx]` along the leading (batch) axis of every leaf of `tree`; `idx` `[B]` int."""
+  return jax.tree_util.tree_map(lambda leaf: leaf[idx], tree)
+
+
+def apply(i0: jax.Array, i1: jax.Array, a: Any, b: Any) -> Tuple[Any, Any]:
+  """Applies a coupling's pairing: `(gather(a, i0), gather(b, i1))`.
+
+  Args:
+    i0, i1: `[B]` int32 from `couple(key, x0, x1)`.
+    a: x0 or any pytree of x0-side arrays `[n, ...]` (e.g. `(x0, y0)`).
+    b: x1 or any pytree of x1-side arrays `[m, ...]` (e.g. `(x1, labels)`).
+
+  Returns:
+    the re-paired `a` and `b`, each leaf `[B, ...]`.
+  """
+  return gather(a, i0), gather(b, i1)
+
+
+def _info(x0, x1, i0, i1, **extra: Any) -> Info:
+  x0p, x1p = apply(i0, i1, x0, x1)
   out = {"cost_before": pair_cost(x0, x1), "cost_after": pair_cost(x0p, x1p)}
   out.update({k: jnp.asarray(v) for k, v in extra.items()})
   return out
@@ -104,11 +144,12 @@ def _info(x0, x1, x0p, x1p, **extra: Any) -> Info:
 
 @dataclasses.dataclass(frozen=True)
 class Independent:
-  """Independent coupling: returns the batch unchanged."""
+  """Independent coupling: the identity pairing `i0 = i1 = arange(B)`, `B = min(n, m)`."""
 
   def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
     del key
-    return x0, x1, _info(x0, x1, x0, x1)
+    idx = jnp.arange(min(x0.shape[0], x1.shape[0]), dtype=jnp.int32)
+    return idx, idx, _info(x0, x1, idx, idx)
 
   def plan(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
     """Uniform product plan `[n, m]` with entries `1 / (n m)`."""

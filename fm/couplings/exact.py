@@ -158,8 +158,8 @@ def _plan_info(cost: jax.Array, solver: str, max_rounds: int | None = None) -> t
 class Exact:
   """Exact minibatch OT coupling.
 
-  Equal batch sizes: x0 kept in order, `x1p = x1[perm]` with the optimal
-  permutation (no duplicates). Unequal sizes: for each x0[i] a partner is
+  Equal batch sizes: x0 kept in order (`i0 = arange(n)`), `i1 = perm` the
+  optimal permutation (no duplicates). Unequal sizes: for each x0[i] a partner is
   drawn from the row of the exact plan.
 
   Attributes:
@@ -181,7 +181,10 @@ class Exact:
     return exact_plan(x0, x1, self.solver)
 
   def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
-    """Re-paired `(x0, x1p, info)`; `info["converged"]` is False if the JAX auction hit its limit."""
+    """`(i0, i1, info)`: `i0 = arange(n)`, `i1` `[n]` the optimal partners (a permutation when n = m).
+
+    `info["converged"]` is False if the JAX auction hit its limit.
+    """
     n, m = x0.shape[0], x1.shape[0]
     if n == m and _resolve(self.solver) in _HOST_POINTS:
       perm, converged = assignment_points(x0, x1, self.solver), jnp.asarray(True)
@@ -190,5 +193,5 @@ class Exact:
     else:
       p, converged = _plan_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
       perm = base.sample_rows(key, jnp.log(p))
-    x1p = x1[perm]
-    return x0, x1p, base._info(x0, x1, x0, x1p, converged=converged)
+    i0 = jnp.arange(n, dtype=jnp.int32)
+    return i0, perm, base._info(x0, x1, i0, perm, converged=converged)

@@ -112,10 +112,10 @@ class Sinkhorn:
     relative: `epsilon = relative * std(cost)` when `epsilon` is None
       (default `DEFAULT_RELATIVE`).
     threshold, max_iterations: Sinkhorn stopping rule.
-    replace: False (default): x0 kept in order, for each row i a partner
-      `j ~ plan[i, :] / rowsum` (x1 may repeat). True: TorchCFM-style, B
-      flat pairs `(i, j) ~ plan` drawn jointly with replacement (both sides
-      resampled).
+    replace: False (default): x0 kept in order (`i0 = arange(n)`), for each
+      row i a partner `i1[i] ~ plan[i, :] / rowsum` (x1 may repeat). True:
+      TorchCFM-style, n flat pairs `(i0, i1) ~ plan` drawn jointly with
+      replacement (both sides resampled). See `base.draw`.
   """
 
   epsilon: Optional[float] = None
@@ -140,12 +140,8 @@ class Sinkhorn:
   def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
     eps, rel = self._eps_args()
     log_plan, info = solve(x0, x1, eps, rel, self.threshold, self.max_iterations)
-    if self.replace:
-      i, j = base.sample_joint(key, jnp.exp(log_plan), x0.shape[0])
-      x0p, x1p = x0[i], x1[j]
-    else:
-      x0p, x1p = x0, x1[base.sample_rows(key, log_plan)]
-    return x0p, x1p, base._info(x0, x1, x0p, x1p, **info)
+    i0, i1 = base.draw(key, log_plan, self.replace)
+    return i0, i1, base._info(x0, x1, i0, i1, **info)
 
 
 @dataclasses.dataclass(frozen=True)

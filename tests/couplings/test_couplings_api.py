@@ -42,7 +42,9 @@ def test_jit_traces_once_images(name, kw):
     k0, k1, k2 = jax.random.split(jax.random.PRNGKey(seed), 3)
     x0 = jax.random.normal(k0, (16, 3, 8, 8))
     x1 = jax.random.normal(k1, (16, 3, 8, 8)) + 0.3
-    x0p, x1p, info = step(k2, x0, x1)
+    i0, i1, info = step(k2, x0, x1)
+    assert i0.shape == i1.shape == (16,) and i0.dtype == i1.dtype == jnp.int32
+    x0p, x1p = fm.couplings.apply(i0, i1, x0, x1)
     assert x0p.shape == x0.shape and x1p.shape == x1.shape
     assert {"cost_before", "cost_after"} <= set(info)
     if name in ("sinkhorn", "sb"):

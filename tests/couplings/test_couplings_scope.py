@@ -55,8 +55,11 @@ for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
   scoped = jax.jit(fm.couplings.make(name, mesh=mesh, **kw))
   calls.clear()
   a0, a1, _ = plain(key, jax.device_put(x0, one), jax.device_put(x1, one))
+  a0, a1 = fm.couplings.apply(a0, a1, x0, x1)
   n_plain = len(calls)
   b0, b1, info = scoped(key, jax.device_put(x0, shards), jax.device_put(x1, shards))
+  assert b1.sharding.is_equivalent_to(shards, 1), (name, b1.sharding)
+  b0, b1 = jax.jit(fm.couplings.apply)(b0, b1, jax.device_put(x0, shards), jax.device_put(x1, shards))
   assert b1.sharding.is_equivalent_to(shards, 2), (name, b1.sharding)
   np.testing.assert_array_equal(np.asarray(a0), np.asarray(b0))
   np.testing.assert_array_equal(np.asarray(a1), np.asarray(b1))
@@ -66,10 +69,14 @@ for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
   # 3. Local scope == the plain coupling on each shard with key fold_in(key, i).
   local = jax.jit(fm.couplings.make(name, mesh=mesh, scope="local", **kw))
   c0, c1, cinfo = local(key, jax.device_put(x0, shards), jax.device_put(x1, shards))
+  for i in range(4):   # each device paired within its own shard
+    assert (np.asarray(c0)[16 * i:16 * (i + 1)] // 16 == i).all() and (np.asarray(c1)[16 * i:16 * (i + 1)] // 16 == i).all()
+  c0, c1 = fm.couplings.apply(c0, c1, x0, x1)
   costs = []
   for i in range(4):
     s = slice(16 * i, 16 * (i + 1))
     d0, d1, dinfo = plain(jax.random.fold_in(key, i), jax.device_put(x0[s], one), jax.device_put(x1[s], one))
+    d0, d1 = fm.couplings.apply(d0, d1, x0[s], x1[s])
     np.testing.assert_array_equal(np.asarray(c0)[s], np.asarray(d0))
     np.testing.assert_array_equal(np.asarray(c1)[s], np.asarray(d1))
     costs.append(float(dinfo["cost_after"]))
