@@ -199,9 +199,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from fm.train import run as run_lib, state as state_lib  # pylint: disable=g-import-not-at-top
   _choice("method", f["method"], methods.NAMES)
   name, options = data.split_options(to_dict(config.get("data", {})))
-  _component("data", lambda: data.check(name, **options))
   _choice("model.name", f["model.name"], models.NAMES)
   _component("model", lambda: models.make(config.model.name, **run_lib.model_kwargs(config)))
+  num_classes = run_lib.num_classes(config)   # a run is conditional iff model.num_classes > 0
+  _component("data", lambda: data.check(name, num_classes=num_classes, **options))
+  from fm import guidance  # pylint: disable=g-import-not-at-top
+  _component("cond", lambda: guidance.check(num_classes, *run_lib.cond_settings(config)))
   _component("method", lambda: methods.make(config.method, **run_lib.method_kwargs(config)))
   tc = config.train
   _component("train", lambda: state_lib.make_optimizer(
@@ -211,6 +214,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"bad value {f['train.batch_size']!r} for config key 'train.batch_size': "
                       f"must be divisible by the {jax.device_count()} devices")
   if f.get("reflow.teacher"):
+    if num_classes:
+      raise ConfigError("config key 'reflow.teacher' is for unconditional runs (reflow pairs carry no labels); "
+                        "set model.num_classes=0 or reflow.teacher=''")
     if f["method"] != "rf":
       raise ConfigError(f"config key 'reflow.teacher' needs method 'rf' (reflow trains a rectified flow on "
                         f"teacher pairs), got method {f['method']!r}")

@@ -47,14 +47,17 @@ class Method:
   path: paths.Path
   time_sampler: Callable
 
-  def loss(self, apply_fn, params, key, x0, x1):
+  def loss(self, apply_fn, params, key, x0, x1, y1=None):
     """CFM loss on one batch.
 
     Args:
-      apply_fn: `apply_fn(params, t, x) -> v`, t `[B]`, x and v `[B, *shape]`.
+      apply_fn: `apply_fn(params, t, x) -> v`, t `[B]`, x and v `[B, *shape]`;
+        with labels `apply_fn(params, t, x, y)`, y `[B]` int.
       params: network parameters.
       key: PRNG key for coupling, times and path noise.
       x0, x1: source and target batches `[B, *shape]`.
+      y1: the int labels `[B]` of x1 (a conditional run) or None; they follow
+        x1 through the coupling.
 
     Returns:
       `(loss, aux)`: scalar loss and a dict of scalar diagnostics (`loss` and the
@@ -62,11 +65,11 @@ class Method:
     """
     k_couple, k_t, k_eps = jax.random.split(key, 3)
     i0, i1, info = self.coupling(k_couple, x0, x1)
-    x0, x1 = couplings.apply(i0, i1, x0, x1)
+    x0, (x1, y1) = couplings.apply(i0, i1, x0, (x1, y1))
     t = self.time_sampler(k_t, x0.shape[0], x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t, u_t = self.path.interpolate(x0, x1, t, eps)
-    v = apply_fn(params, t, x_t)
+    v = apply_fn(params, t, x_t) if y1 is None else apply_fn(params, t, x_t, y1)
     loss = jnp.mean(jnp.square(v - u_t))
     return loss, {"loss": loss, **info}
 

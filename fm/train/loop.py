@@ -169,7 +169,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
   """`train` inside the workdir lock; returns `(state, start step)`."""
   tc = config.train
   name, options = data_lib.split_options(config_lib.to_dict(config.data))
-  source = data_lib.make(name, tc.batch_size, **options)
+  try:
+    source = data_lib.make(name, tc.batch_size, num_classes=run_lib.num_classes(config), **options)
+  except ValueError as e:   # labels the data do not have, found once they are read
+    raise config_lib.ConfigError(f"bad config 'data': {e}") from e
   teacher_step = None
   if config.reflow.teacher:
     pairs = reflow.load_or_make_pairs(
