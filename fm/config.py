@@ -20,7 +20,6 @@ import ast
 import difflib
 import importlib.util
 import json
-import math
 import os
 from typing import Any, Iterable
 

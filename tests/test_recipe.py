@@ -11,8 +11,13 @@ from train.helpers import CONFIG, cli_args, tiny_overrides
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "old_workdir.json")
 
 
-def _config(*overrides):
-  return config_lib.apply_overrides(config_lib.load(CONFIG), overrides)
+def _config(*overrides, spec=CONFIG):
+  return config_lib.apply_overrides(config_lib.load(spec), overrides)
+
+
+def _smoke(overrides):
+  """The smoke config the fixture's runs used, with their overrides."""
+  return _config(*overrides.items(), spec=CONFIG + ":smoke")
 
 
 def _old():
@@ -91,7 +96,7 @@ def test_old_config_json_maps_to_the_new_shape():
   for method, entry in _old().items():
     old = entry["config"]
     assert "sigma" in old and "time_sampler" in old and "name" not in old["coupling"]
-    new = config_lib.to_dict(recipe.resolve(_config(*entry["overrides"].items())))
+    new = config_lib.to_dict(recipe.resolve(_smoke(entry["overrides"])))
     assert config_lib.canonical(old) == new, method
     assert recipe.build(config_lib.from_dict(old)).method == recipe.build(config_lib.from_dict(new)).method
 
@@ -100,7 +105,7 @@ def test_old_config_json_maps_to_the_new_shape():
 def test_presets_train_to_the_same_losses_as_before(method, tmp_path):
   """The losses and coupling costs of 40 steps are bitwise those of the code before presets."""
   entry = _old()[method]
-  experiment.train(_config(*entry["overrides"].items()), str(tmp_path))
+  experiment.train(_smoke(entry["overrides"]), str(tmp_path))
   rows = workdir_lib.read_metrics(str(tmp_path))
   assert [{k: r[k] for k in want} for r, want in zip(rows, entry["metrics"])] == entry["metrics"]
   assert len(rows) == len(entry["metrics"])
@@ -109,7 +114,7 @@ def test_presets_train_to_the_same_losses_as_before(method, tmp_path):
 def test_an_old_workdir_samples_evaluates_and_resumes(tmp_path, capsys):
   entry = _old()["otcfm"]
   workdir = str(tmp_path / "old")
-  experiment.train(_config(*entry["overrides"].items()), workdir)
+  experiment.train(_smoke(entry["overrides"]), workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:   # as the code before wrote it
     json.dump(entry["config"], f)
   assert cli.main(["sample", "--workdir", workdir, "--num", "16", "--solver", "euler", "--steps", "4"]) == 0

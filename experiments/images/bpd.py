@@ -33,7 +33,6 @@ from fm import experiment
 from fm import config as config_lib
 from fm import likelihood
 from fm.evaluate import image_metrics, reference, runner
-from fm.train import loop
 from fm import recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -25,8 +25,8 @@ import numpy as np
 
 from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm.evaluate import images as images_eval
-from fm.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("icfm", "otcfm")

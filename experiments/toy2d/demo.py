@@ -24,10 +24,10 @@ import numpy as np
 
 from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm import evaluate
 from fm.data import toys
 from fm.evaluate import plots
-from fm.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("icfm", "rf", "otcfm", "sbcfm")

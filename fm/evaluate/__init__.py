@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from fm import recipe
 from fm.evaluate import plots, sampling, toy
 from fm.evaluate.sampling import generate
 from fm.evaluate.toy import evaluate, trajectories

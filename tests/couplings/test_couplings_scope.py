@@ -17,6 +17,7 @@ import pytest
 
 import fm
 from fm import config as config_lib
+from fm import recipe
 from fm.couplings import base, host, host_auction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -24,7 +24,6 @@ from fm import config as config_lib
 from fm import evaluate
 from fm.data import images as images_lib
 from fm.evaluate import fid, image_metrics, records, reference, runner
-from fm.train import loop
 from fm import recipe
 from train.helpers import ROOT
 

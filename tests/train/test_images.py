@@ -9,8 +9,8 @@ import pytest
 
 from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm import evaluate
-from fm.train import loop
 from train.helpers import ROOT, restore_state
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from fm import experiment
 from fm import cli
-from fm.train import checkpoint, loop, tensorboard
+from fm.train import checkpoint, tensorboard
 from train.helpers import CONFIG, PYTHON, cli_args, restore_state, subprocess_env, tiny_config
 
 SMOKE = CONFIG + ":smoke"
