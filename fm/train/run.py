@@ -18,12 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fm import guidance, methods, models
+from fm import methods, models
 from fm import config as config_lib
 from fm.train import checkpoint, partitioning, state as state_lib
 
-__all__ = ["Run", "build", "load", "check_workdir", "velocity", "model_kwargs", "method_kwargs", "num_classes",
-           "cond_settings",
+__all__ = ["Run", "build", "load", "check_workdir", "velocity", "model_kwargs", "method_kwargs",
            "read_source_info", "write_source_info", "loss_fn", "load_config", "SOURCE_FILE"]
 
 SOURCE_FILE = "source.json"
@@ -57,17 +56,6 @@ def method_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               time_kwargs=time_kwargs, **coupling)
 
 
-def num_classes(config: ml_collections.ConfigDict) -> int:
-  """`model.num_classes` (0 if unset): a run is conditional iff it is > 0."""
-  return int(config.model.get("num_classes", 0) or 0)
-
-
-def cond_settings(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """`(cond.drop_prob, cond.guidance)`, `(0.0, 1.0)` for a config without a `cond` section."""
-  cond = config.get("cond", {})
-  return float(cond.get("drop_prob", 0.0)), float(cond.get("guidance", 1.0))
-
-
 def build(config: ml_collections.ConfigDict, shape: tuple[int, ...] = (2,), mesh=None) -> Run:
   """Model, method, optimizer and `init_state()` for a validated config and example shape.
 
@@ -81,48 +69,28 @@ def build(config: ml_collections.ConfigDict, shape: tuple[int, ...] = (2,), mesh
   optimizer = state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay)
 
-  labels = (jnp.zeros((1,), jnp.int32),) if num_classes(config) else ()
-
   def init_fn(key):
-    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), *labels)
+    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)))
 
   return Run(config, shape, model, method, optimizer,
              lambda: state_lib.create(init_fn, optimizer, config.seed))
 
 
 def loss_fn(run: Run):
-  """`loss_fn(params, key, x0, x1, y1=None)` of the run's method; dropout draws from `fold_in(key, 0xD0)`.
-
-  A conditional run passes the labels `y1` of x1; after the coupling they are
-  replaced by the null class with probability `cond.drop_prob`, drawn from
-  `fold_in(key, 0xC1)` (classifier-free guidance's label dropout).
-  """
-  classes = num_classes(run.config)
-  drop_prob, _ = cond_settings(run.config)
-
-  def f(params, key, x0, x1, y1=None):
+  """`loss_fn(params, key, x0, x1)` of the run's method; dropout draws from `fold_in(key, 0xD0)`."""
+  def f(params, key, x0, x1):
     k_dropout = jax.random.fold_in(key, 0xD0)
 
-    def apply_fn(p, t, x, y=None):
-      if y is not None:
-        y = guidance.drop_labels(jax.random.fold_in(key, 0xC1), y, classes, drop_prob)
-        return run.model.apply(p, t, x, y, train=True, rngs={"dropout": k_dropout})
+    def apply_fn(p, t, x):
       return run.model.apply(p, t, x, train=True, rngs={"dropout": k_dropout})
-    return run.method.loss(apply_fn, params, key, x0, x1, y1)
+    return run.method.loss(apply_fn, params, key, x0, x1)
   return f
 
 
 def write_source_info(workdir: str, source) -> None:
-  """Records the training data's shape, kind, provenance and classes in `workdir/source.json`.
-
-  `classes` (names, index = label) and `class_probs` (their frequencies in the
-  training data) are written when the data have labels.
-  """
+  """Records the training data's shape, kind and provenance in `workdir/source.json`."""
   info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
           "description": source.description}
-  if getattr(source, "classes", None) is not None:
-    info["classes"] = list(source.classes)
-    info["class_probs"] = list(source.class_probs)
   path = os.path.join(workdir, SOURCE_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(info, f, indent=2)
@@ -175,12 +143,8 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
   return run, state.ema_params, step
 
 
-def velocity(model, params, **model_extras) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout).
-
-  `model_extras` (e.g. `y=` labels `[B]`) are passed through to `model.apply`;
-  for classifier-free guidance use `fm.guidance.velocity`.
-  """
+def velocity(model, params) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout)."""
   def v(t, x):
-    return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x, **model_extras)
+    return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x)
   return v
