@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -95,6 +96,44 @@ def _check_out(out: str) -> None:
   workdir_lib.check_writable_dir(directory, "directory of --out")
 
 
+def _conditioning(args, workdir: str, num: int) -> dict:
+  """`--class`/`--classes`/`--guidance` checked against the run: the sampler's `classes` and `guidance`.
+
+  An unconditional run refuses them; `--classes all` is every class; guidance
+  other than 1 needs a run trained with label dropout.
+  """
+  from fm import recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.read_config(workdir)
+  num_classes = recipe.num_classes(config)
+  given = [f for f, v in (("--class", args.class_), ("--classes", args.classes), ("--guidance", args.guidance))
+           if v is not None]
+  if not num_classes:
+    if given:
+      raise UsageError(f"{given[0]} is for class-conditional runs, and {workdir} is unconditional "
+                       f"(model.num_classes = 0); sample it without --class, --classes and --guidance")
+    return {}
+  if args.class_ is not None and args.classes is not None:
+    raise UsageError("give either --class K (repeatable) or --classes all, not both")
+  if args.classes is not None and args.classes != "all":
+    raise UsageError(f"--classes takes only 'all', got {args.classes!r}; pick single classes with --class K")
+  classes = list(range(num_classes)) if args.classes == "all" else args.class_
+  drop_prob, default_guidance = recipe.cond_settings(config)
+  guidance = default_guidance if args.guidance is None else args.guidance
+  if args.guidance is not None:
+    if not math.isfinite(args.guidance):
+      raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.guidance != 1 and drop_prob == 0:
+      raise UsageError(f"--guidance {args.guidance:g} needs the null class, but {workdir} was trained without "
+                       f"label dropout (cond.drop_prob = 0); use --guidance 1")
+  if classes is not None:
+    from fm.evaluate import conditional  # pylint: disable=g-import-not-at-top
+    try:
+      conditional.class_labels(classes, num, num_classes)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+  return {"classes": classes, "guidance": guidance}
+
+
 def _sample(args, overrides):
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
@@ -126,10 +165,12 @@ def _sample(args, overrides):
     workdir_lib.check_path(args.png_dir, what="--png-dir")
   kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
                 steps=args.steps, step=args.step, max_steps=args.max_steps)
+  kwargs.update(_conditioning(args, args.workdir, args.num))
   if kind == "images":
     kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
   info = evaluate.sample_workdir(args.workdir, out, **kwargs)
-  print(f"NFE {info['nfe']} ({args.solver}); wrote {info['out']} and {info['png']}")
+  passes = f", {info['network_passes']} network passes at guidance {info['guidance']:g}" if "guidance" in info else ""
+  print(f"NFE {info['nfe']} ({args.solver}{passes}); wrote {info['out']} and {info['png']}")
   if not info.get("success", True):
     print(f"fm: warning: {args.solver} stopped at --max-steps {args.max_steps} before reaching t = 1, so the "
           f"samples in {out} are not the flow's output (recorded as success=False); loosen --rtol/--atol "
@@ -292,6 +333,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--batch-size", type=int, default=None, help="images per solver call (image runs; default 256)")
   p.add_argument("--png-dir", default=None, help="also write every image as a PNG here (image runs; for external FID tools)")
+  p.add_argument("--class", dest="class_", type=int, action="append", default=None, metavar="K",
+                 help="conditional runs: sample class K (repeatable: an equal share of each); default: labels "
+                      "drawn from the training label distribution")
+  p.add_argument("--classes", default=None, choices=None, metavar="all",
+                 help="conditional runs: 'all' = an equal share of every class (the grid: one row per class)")
+  p.add_argument("--guidance", type=float, default=None, metavar="S",
+                 help="conditional runs: classifier-free guidance scale, v(null) + S (v(y) - v(null)); "
+                      "1 = conditional, 0 = unconditional (default: the run's cond.guidance)")
   _add_distributed_flags(p)
   p.set_defaults(fn=_sample)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from fm.data.base import Source
 
-__all__ = ["sample", "sample_labelled", "class_names", "check_labelled", "LABELLED", "log_prob", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES",
+__all__ = ["sample", "sample_labelled", "class_names", "check_labelled", "mode_centres", "LABELLED", "MODES", "log_prob", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES",
            "TASKS", "DENSITIES"]
 
 _EIGHT_RADIUS = 5.0
@@ -101,6 +101,8 @@ _LABELLED = {
     "moons": (_moons_labelled, ("upper moon", "lower moon")),
 }
 LABELLED = tuple(_LABELLED)
+# Toys made of modes: name -> centres `[K, 2]` (mode k = label k), for conditional runs' mode accuracy.
+MODES = ("8gaussians",)
 
 
 def _gaussian_log_prob(x):
@@ -147,6 +149,13 @@ def class_names(name: str) -> tuple[str, ...]:
   """The class names of a labelled toy (index = label)."""
   check_labelled(name)
   return _LABELLED[name][1]
+
+
+def mode_centres(name: str):
+  """The mode centres `[K, 2]` of a toy in `MODES` (row k is the centre of label k)."""
+  if name not in MODES:
+    raise ValueError(f"toy {name!r} has no modes; toys with modes: {', '.join(MODES)}")
+  return _eight_centres()
 
 
 def check_labelled(name: str) -> None:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from fm import provenance
-from fm.evaluate import sampling
+from fm.evaluate import conditional, sampling
 from fm import recipe
 from fm.train import partitioning
 from fm.train import workdir as workdir_lib
@@ -57,57 +57,98 @@ def _x0_sampler(workdir: str, run: recipe.Run):
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
-                   max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+                   max_steps: int | None = None, progress: bool = True, classes=None,
+                   guidance: float | None = None) -> dict[str, Any]:
   """Samples an image run into `out` (.npz) and an 8x8 grid `out.png`; optional one PNG per image.
 
   The npz holds `samples` uint8 `[num, H, W, C]`, `nfe_total`, `nfe_per_batch`,
   `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
-  `success` (False if any dopri5 batch hit its step limit).
+  `success` (False if any dopri5 batch hit its step limit). A conditional run
+  also records `labels` `[num]`, `classes` (names), `guidance` and
+  `network_passes_total`: the labels are `classes` (a list: an equal share of
+  each, and the grid has one labelled row per class) or else drawn from the
+  training label distribution; `guidance` defaults to the run's `cond.guidance`.
   """
   run, params, step = recipe.load(workdir, step)
+  labels, extra = None, {}
+  if run.model.num_classes:
+    info = recipe.read_source_info(workdir)
+    guidance = recipe.cond_settings(run.config)[1] if guidance is None else guidance
+    if classes is not None:
+      labels = conditional.class_labels(classes, num, run.model.num_classes)
+    else:
+      labels = conditional.training_labels(conditional.label_key(seed), num, info["class_probs"])
+    extra = {"labels": labels, "classes": np.asarray(info["classes"]), "guidance": float(guidance)}
   samples, info = sampling.sample(
       run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
       solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
-      desc=f"sampling ({solver})", max_steps=max_steps)
+      desc=f"sampling ({solver})", max_steps=max_steps, labels=labels,
+      guidance=1.0 if guidance is None else guidance)
+  if labels is not None:
+    extra["network_passes_total"] = info["network_passes_total"]
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
             "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"],
-            **provenance.npz_fields()}
+            **extra, **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
   if partitioning.is_writer():  # every process sampled (its shards) and holds all samples
     tmp = out + ".tmp.npz"
     np.savez(tmp, **record)
     os.replace(tmp, out)
-    save_grid(png, samples[:64])
+    if labels is not None and classes is not None:   # one labelled row per class
+      conditional.class_grid(png, samples, labels, [str(c) for c in extra["classes"]],
+                             per_row=min(10, num // len(classes)))
+    else:
+      save_grid(png, samples[:64])
   if png_dir and partitioning.is_writer():
     from PIL import Image  # pylint: disable=g-import-not-at-top
     os.makedirs(png_dir, exist_ok=True)
     for i, img in enumerate(samples):
       Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(png_dir, f"{i:06d}.png"))
-  return {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
-          "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
+  out_info = {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
+              "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
+  if labels is not None:
+    out_info.update(guidance=extra["guidance"], network_passes=extra["network_passes_total"])
+  return out_info
 
 
 class GridEvaluator:
   """During training: a fixed-noise sample grid (Euler, EMA params) as PNG and to TensorBoard."""
 
   def __init__(self, run: recipe.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
-               seed: int = 0):
+               seed: int = 0, class_names=None):
     self.run, self.workdir, self.steps = run, workdir, steps
+    self.labels, self.class_names = None, class_names
+    k = run.model.num_classes
+    if k:   # a conditional run: one row per class, num // k columns (at least one), at the run's guidance
+      cols = max(1, num // k)
+      num = k * cols
+      self.labels = np.repeat(np.arange(k, dtype=np.int32), cols)
+      self.guidance, self.cols = recipe.cond_settings(run.config)[1], cols
     self.x0 = np.asarray(sampling.initial_points(sample_x0, grid_noise_key(seed), 0, num))
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
 
   def __call__(self, step: int, ema_params, writer=None) -> dict[str, float]:
     leaf = jax.tree_util.tree_leaves(ema_params)[0]
-    x0 = self.x0
+    x0, extra = self.x0, {}
+    if self.labels is not None:
+      extra = {"y": self.labels, "guidance": self.guidance}
     if isinstance(leaf.sharding, jax.sharding.NamedSharding):  # shard over the training mesh
-      x0 = partitioning.put(x0, partitioning.sharding_for_batch(leaf.sharding.mesh, len(x0)))
-    x1, info = sampling.generate(self.run.model, ema_params, x0, "euler", steps=self.steps)
+      sharding = partitioning.sharding_for_batch(leaf.sharding.mesh, len(x0))
+      x0 = partitioning.put(x0, sharding)
+      if extra:
+        extra["y"] = partitioning.put(self.labels, sharding)
+    x1, info = sampling.generate(self.run.model, ema_params, x0, "euler", steps=self.steps, **extra)
     images = sampling.to_uint8(partitioning.to_host(x1))
+    path = os.path.join(self.workdir, "samples", f"grid_{step:08d}.png")
     if partitioning.is_writer():
-      save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
+      if self.labels is not None:
+        names = self.class_names or [str(k) for k in range(self.run.model.num_classes)]
+        conditional.class_grid(path, images, self.labels, names, per_row=self.cols)
+      else:
+        save_grid(path, images)
     if writer is not None:
-      writer.image("samples/euler", make_grid(images), step)
+      writer.image("samples/euler", make_grid(images, cols=self.cols if self.labels is not None else 8), step)
     return {"grid_nfe": float(info["nfe"])}
 
 

@@ -9,12 +9,21 @@ import numpy as np
 __all__ = ["scatter", "draw_trajectories", "trajectories_figure", "nfe_curves"]
 
 
-def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> None:
-  """Scatter of `samples` `[n, 2]` (end points, t = 1) over optional `reference` points, saved to `path`."""
+def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "",
+            labels: np.ndarray | None = None) -> None:
+  """Scatter of `samples` `[n, 2]` (end points, t = 1) over optional `reference` points, saved to `path`.
+
+  With class `labels` `[n]` (a conditional run) the samples are coloured by class.
+  """
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   if reference is not None:
     ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.7", label="target (held out)")
-  ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="samples x1 (t = 1)")
+  if labels is None:
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="samples x1 (t = 1)")
+  else:
+    for k in dict.fromkeys(int(v) for v in labels):
+      pts = samples[np.asarray(labels) == k]
+      ax.scatter(pts[:, 0], pts[:, 1], s=2, color=plt.cm.tab10(k % 10), label=f"class {k}")
   ax.set_title(title, fontsize=9)
   ax.set_aspect("equal")
   ax.legend(loc="upper right", fontsize=7, markerscale=3)

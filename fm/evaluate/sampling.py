@@ -19,21 +19,24 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from fm import solvers
-from fm import recipe
+from fm import guidance as guidance_lib
+from fm import recipe, solvers
 from fm.train import partitioning
 
 __all__ = ["generate", "sample", "initial_points", "to_uint8"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "solver", "steps", "rtol", "atol", "save_trajectory",
-                                             "max_steps"))
+                                             "max_steps", "guidance"))
 def generate(model, params, x0, solver="dopri5", rtol=1e-5, atol=1e-5, steps=None,
-             save_trajectory=False, max_steps=None):
+             save_trajectory=False, max_steps=None, y=None, guidance=1.0):
   """Pushes `x0` `[n, *shape]` through the flow from t = 0 to 1; returns `(x1, info)`.
 
-  `info` has `nfe` (exact network evaluations, rejected dopri5 steps included),
-  `steps` and, for dopri5, `rejected` and `success` (False if `max_steps` was hit).
+  `info` has `nfe` (exact evaluations of the field the solver integrates,
+  rejected dopri5 steps included), `network_passes`, `steps` and, for dopri5,
+  `rejected` and `success` (False if `max_steps` was hit). A conditional model
+  takes labels `y` `[n]` and a guidance scale (`fm.guidance`: the guided field
+  is one batched call, so `network_passes` is `nfe`, or `2 nfe` for s != 1).
   """
   if solver in solvers.ADAPTIVE:
     kwargs = {"rtol": rtol, "atol": atol}
@@ -41,7 +44,13 @@ def generate(model, params, x0, solver="dopri5", rtol=1e-5, atol=1e-5, steps=Non
       kwargs["max_steps"] = max_steps
   else:
     kwargs = {"steps": steps, "save_trajectory": save_trajectory}
-  return solvers.integrate(recipe.velocity(model, params), x0, solver=solver, **kwargs)
+  if y is None:
+    v = recipe.velocity(model, params)
+  else:
+    v = guidance_lib.velocity(model, params, y, guidance)
+  x1, info = solvers.integrate(v, x0, solver=solver, **kwargs)
+  info["network_passes"] = guidance_lib.network_passes(info["nfe"], 1.0 if y is None else guidance)
+  return x1, info
 
 
 def initial_points(sample_x0: Callable, key: jax.Array, start: int, count: int) -> jax.Array:
@@ -59,11 +68,14 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
            solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
            progress: bool = True, desc: str = "sampling", mesh=None,
-           max_steps: int | None = None) -> tuple[np.ndarray, dict]:
+           max_steps: int | None = None, labels: np.ndarray | None = None,
+           guidance: float = 1.0) -> tuple[np.ndarray, dict]:
   """`num` samples in batches; returns `(samples, info)` with per-batch and total NFE.
 
-  `info`: `nfe_total`, `nfe_per_batch` (list), `batch_size`, `success` (every
-  batch reached t = 1 within the solver's step limit), `failed_batches`.
+  `info`: `nfe_total`, `nfe_per_batch` (list), `network_passes_total`,
+  `batch_size`, `success` (every batch reached t = 1 within the solver's step
+  limit), `failed_batches`. A conditional model takes `labels` int `[num]`
+  (sample i has label `labels[i]`) and a `guidance` scale (`fm.guidance`).
   `postprocess` (e.g. `to_uint8`) is applied per batch on the host. `mesh`:
   the devices to shard batches over (default: all of them, all processes).
   """
@@ -71,21 +83,33 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
   init = jax.jit(functools.partial(initial_points, sample_x0), static_argnums=(2,),
                  out_shardings=partitioning.sharding_for_batch(mesh, batch_size))
   key = np.asarray(key)
-  out, nfe, failed = [], [], []
+  out, nfe, passes, failed = [], [], [], []
+  if labels is not None:
+    labels = np.asarray(labels, np.int32)
+    if labels.shape != (num,):
+      raise ValueError(f"labels must be [num] = [{num}], got shape {labels.shape}")
+    padded = np.concatenate([labels, np.zeros(-num % batch_size, np.int32)])   # full batches only
+    label_sharding = partitioning.sharding_for_batch(mesh, batch_size)
   with tqdm.tqdm(total=num, desc=desc, unit="sample",
                  disable=not (progress and partitioning.is_writer()) or None,
                  dynamic_ncols=True) as bar:
     for start in range(0, num, batch_size):
       count = min(batch_size, num - start)
       x0 = init(key, start, batch_size)  # full batches only: one compilation
-      x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps)
+      extra = {}
+      if labels is not None:
+        extra = {"y": partitioning.put(padded[start:start + batch_size], label_sharding), "guidance": guidance}
+      x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps,
+                          **extra)
       x1 = partitioning.to_host(x1)[:count]
       out.append(postprocess(x1) if postprocess else x1)
       nfe.append(int(info["nfe"]))
+      passes.append(int(info["network_passes"]))
       if not bool(info.get("success", True)):
         failed.append(start // batch_size)
       bar.update(count)
       bar.set_postfix(nfe=nfe[-1], refresh=False)
   return np.concatenate(out), {"nfe_total": int(sum(nfe)), "nfe_per_batch": nfe,
+                               "network_passes_total": int(sum(passes)),
                                "batch_size": batch_size, "success": not failed,
                                "failed_batches": failed}

@@ -251,10 +251,17 @@ def read_config(workdir: str):
 
 
 def write_source_info(workdir: str, source) -> None:
-  """Records the training data's shape, kind and provenance in `workdir/source.json`."""
-  write_json_atomic(os.path.join(workdir, SOURCE_FILE),
-                    {"name": source.name, "shape": list(source.shape), "kind": source.kind,
-                     "description": source.description})
+  """Records the training data's shape, kind, provenance and classes in `workdir/source.json`.
+
+  Data with labels add `classes` (names, index = label) and `class_probs`
+  (their frequencies in the training data: what conditional sampling draws from).
+  """
+  info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
+          "description": source.description}
+  if getattr(source, "classes", None) is not None:
+    info["classes"] = list(source.classes)
+    info["class_probs"] = list(source.class_probs)
+  write_json_atomic(os.path.join(workdir, SOURCE_FILE), info)
 
 
 def read_source_info(workdir: str) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""Conditional runs: which labels to sample, per-class grids and the per-class toy metrics.
+
+Labels for sampling come from `--class K` (repeatable: an equal share of each
+listed class, in blocks, in the order given), `--classes all` (an equal share of
+every class) or, by default, from the training label distribution
+(`source.json`'s `class_probs`), which is what FID compares against.
+
+Toy metrics of a conditional run (the target's labelled held-out points are the
+reference):
+  w2_per_class    W2(samples of class k, held-out target points of class k) per k
+  mode_accuracy   fraction of class-k samples whose nearest mode centre is mode k
+                  (toys with modes: 8gaussians)
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fm import metrics
+
+__all__ = ["class_labels", "training_labels", "labels_spec", "class_grid", "w2_per_class", "mode_accuracy",
+           "label_key"]
+
+_w2 = jax.jit(metrics.w2)
+
+
+def label_key(seed: int) -> jax.Array:
+  """The key of labels drawn from the training distribution (a stream sampling never uses for noise)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 0x1ABE1)
+
+
+def class_labels(classes: Sequence[int], num: int, num_classes: int) -> np.ndarray:
+  """int32 `[num]`: an equal share `num / len(classes)` of each class, in blocks in the given order.
+
+  ValueError (one sentence) for a class outside [0, num_classes) or a `num`
+  that the classes do not divide.
+  """
+  classes = [int(k) for k in classes]
+  bad = [k for k in classes if not 0 <= k < num_classes]
+  if bad:
+    raise ValueError(f"--class {bad[0]} is not a class of this run; valid classes: 0 to {num_classes - 1}")
+  if len(set(classes)) != len(classes):
+    raise ValueError(f"--class repeats a class: {', '.join(map(str, classes))}")
+  if num % len(classes):
+    raise ValueError(f"--num {num} cannot be shared equally by the {len(classes)} classes asked for; "
+                     f"use a multiple of {len(classes)}")
+  return np.repeat(np.asarray(classes, np.int32), num // len(classes))
+
+
+def training_labels(key: jax.Array, num: int, class_probs: Sequence[float]) -> np.ndarray:
+  """int32 `[num]` drawn i.i.d. from the training label distribution `class_probs` `[K]`."""
+  logits = jnp.log(jnp.asarray(class_probs, jnp.float32))
+  return np.asarray(jax.random.categorical(key, logits, shape=(num,)), np.int32)
+
+
+def labels_spec(labels: np.ndarray, by_class: bool) -> str:
+  """How the labels were chosen, for records: "classes 3,5" or "training distribution"."""
+  if not by_class:
+    return "training distribution"
+  return "classes " + ",".join(str(k) for k in dict.fromkeys(labels.tolist()))
+
+
+def class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+               per_row: int = 10, scale: int = 2) -> None:
+  """PNG: one row per class present in `labels` (in order of first appearance), its name on the left.
+
+  `images` uint8 `[n, H, W, C]`, `labels` `[n]`; each row shows up to `per_row`
+  images of its class.
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import images as images_lib  # pylint: disable=g-import-not-at-top
+  order = list(dict.fromkeys(int(k) for k in labels))
+  rows = [images[labels == k][:per_row] for k in order]
+  n, h, w, c = images.shape
+  block = np.full((len(order) * per_row, h, w, c), 255, np.uint8)
+  for r, imgs in enumerate(rows):
+    block[r * per_row:r * per_row + len(imgs)] = imgs
+  grid = images_lib.make_grid(block, cols=per_row)
+  if grid.shape[-1] == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  img = Image.fromarray(grid)
+  if scale > 1:
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  names = [f"{k}: {class_names[k]}" if k < len(class_names) else str(k) for k in order]
+  margin = 8 + 6 * max(len(s) for s in names)
+  canvas = Image.new("RGB", (img.width + margin, img.height), "white")
+  canvas.paste(img, (margin, 0))
+  draw = ImageDraw.Draw(canvas)
+  pad = 2 * scale
+  for r, name in enumerate(names):
+    y = pad + r * (h + 2) * scale + (h * scale) // 2 - 5
+    draw.text((4, y), name, fill="black")
+  tmp = path + ".tmp.png"
+  canvas.save(tmp)
+  import os  # pylint: disable=g-import-not-at-top
+  os.replace(tmp, path)
+
+
+def w2_per_class(samples: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+                 reference_labels: np.ndarray, num_classes: int) -> dict[int, float]:
+  """`{k: W2(samples of class k, reference points of class k)}` for every class with points on both sides."""
+  out = {}
+  for k in range(num_classes):
+    a, b = samples[labels == k], reference[reference_labels == k]
+    if len(a) and len(b):
+      out[k] = float(_w2(jnp.asarray(a), jnp.asarray(b)))
+  return out
+
+
+def mode_accuracy(samples: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> dict:
+  """Fraction of samples whose nearest centre (`centres` `[K, d]`) is their own class's, overall and per class.
+
+  Returns `{"value": overall fraction, "per_class": {k: fraction}}`.
+  """
+  d2 = np.sum((np.asarray(samples)[:, None, :] - np.asarray(centres)[None]) ** 2, axis=-1)
+  hit = np.argmin(d2, axis=1) == np.asarray(labels)
+  per_class = {int(k): float(hit[labels == k].mean()) for k in np.unique(labels)}
+  return {"value": float(hit.mean()), "per_class": per_class}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = list(values)
+  mean = sum(values) / len(values)
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
