@@ -13,10 +13,14 @@ how to convert to this one:
   - Ho & Salimans (2022) write (1 + w) v(y) - w v(null): s = 1 + w (w = 0 is s = 1);
   - some codes mix the unconditional field in with weight w, (1 - w) v(y) + w v(null): s = 1 - w.
 
-For s != 1 the guided field is ONE batched network call on `[2B, ...]` inputs
-(x twice, labels y then null), split into its halves; for s = 1 it is one call
-on `[B, ...]`. The solvers count calls of the guided field (`nfe`); the network
-passes are `network_passes(nfe, s)`.
+For s not in {0, 1} the guided field is ONE batched network call on `[2B, ...]`
+inputs (x twice, labels y then null), split into its halves; s = 1 is one call
+on `[B, ...]` with the labels and s = 0 one call with the null class (so both
+ends are exactly the conditional and the unconditional field: a convolution's
+result on CPU can depend on the batch it is computed in, so the halves of a
+doubled batch may differ from a single call in the last bits). The solvers
+count calls of the guided field (`nfe`); the network passes are
+`network_passes(nfe, s)`: nfe for s in {0, 1}, else 2 nfe.
 """
 from __future__ import annotations
 
@@ -64,12 +68,16 @@ def drop_labels(key: jax.Array, y: jax.Array, num_classes: int, drop_prob: float
 def guided(apply: Callable, y: jax.Array, guidance: float, num_classes: int) -> Callable:
   """The guided field `v(t, x)` for labels `y` `[B]` from `apply(t, x, y) -> [B, *shape]`.
 
-  `guidance` is a Python number (it decides the graph): 1 gives `apply(t, x, y)`;
-  any other s one call of `apply` on the batch doubled, `[x; x]` with `[y; null]`.
+  `guidance` is a Python number (it decides the graph): 1 gives `apply(t, x, y)`,
+  0 `apply(t, x, null)`, any other s one call of `apply` on the batch doubled,
+  `[x; x]` with `[y; null]`.
   """
   if guidance == 1:
     return lambda t, x: apply(t, x, y)
   y = jnp.asarray(y, jnp.int32)
+  if guidance == 0:
+    null = null_labels(y.shape[0], num_classes)
+    return lambda t, x: apply(t, x, null)
   both = jnp.concatenate([y, null_labels(y.shape[0], num_classes)])
   s = guidance
 
@@ -88,8 +96,8 @@ def velocity(model, params, y: jax.Array, guidance: float = 1.0) -> Callable:
 
 
 def network_passes(nfe, guidance: float):
-  """Network evaluations behind `nfe` evaluations of the guided field: nfe, or 2 nfe for s != 1.
+  """Network passes behind `nfe` evaluations of the guided field: nfe for s in {0, 1}, else 2 nfe.
 
-  (The s != 1 call is one batched call on 2B inputs: twice the work of a pass.)
+  (For other s each evaluation is one batched call on 2B inputs: two passes' work.)
   """
-  return nfe if guidance == 1 else 2 * nfe
+  return nfe if guidance in (0, 1) else 2 * nfe
