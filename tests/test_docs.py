@@ -48,6 +48,12 @@ def test_relative_links_point_at_files_that_exist(path):
   assert not missing, f"{path} links to missing files: {missing}"
 
 
+def test_included_files_exist():
+  for path in _markdown_files():
+    for target in re.findall(r'^--8<-- "([^"]+)"\s*$', _read(path), flags=re.M):
+      assert os.path.isfile(os.path.join(ROOT, target)), f"{path} includes {target}, which does not exist"
+
+
 def test_every_nav_entry_exists_and_every_page_is_in_the_nav():
   text = _read("mkdocs.yml")
   nav = re.findall(r"^\s*-\s+(?:[^:\n]+:\s+)?(\S+\.md)\s*$", text[text.index("\nnav:"):], flags=re.M)
