@@ -79,7 +79,7 @@ def test_8gaussians_label_is_the_mode_counter_clockwise_from_angle_0():
   x, y = map(np.asarray, toys.sample_labelled("8gaussians", jax.random.PRNGKey(0), 5000))
   angle = np.mod(np.degrees(np.arctan2(x[:, 1], x[:, 0])), 360)
   nearest = np.round(angle / 45).astype(int) % 8
-  assert (nearest == y).mean() > 0.999
+  assert (nearest == y).mean() > 0.995   # std 0.56 at radius 5: ~0.1% fall past the 22.5 deg boundary
   np.testing.assert_allclose(np.asarray(toys.mode_centres("8gaussians"))[2], [0.0, 5.0], atol=1e-6)
 
 
