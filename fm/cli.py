@@ -134,6 +134,34 @@ def _conditioning(args, workdir: str, num: int) -> dict:
   return {"classes": classes, "guidance": guidance}
 
 
+def _eval_guidance(args) -> list[float] | None:
+  """`--guidance` / `--guidance-sweep` of `fm eval` checked against the run; the sweep's scales or None."""
+  if args.guidance is None and args.guidance_sweep is None:
+    return None
+  from fm import recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.read_config(args.workdir)
+  flag = "--guidance-sweep" if args.guidance_sweep is not None else "--guidance"
+  if not recipe.num_classes(config):
+    raise UsageError(f"{flag} is for class-conditional runs, and {args.workdir} is unconditional "
+                     f"(model.num_classes = 0)")
+  if args.guidance is not None and args.guidance_sweep is not None:
+    raise UsageError("give either --guidance S or --guidance-sweep S1,S2,..., not both")
+  if args.nfe_sweep and args.guidance_sweep is not None:
+    raise UsageError("give either --nfe-sweep or --guidance-sweep, not both")
+  try:
+    scales = ([float(v) for v in args.guidance_sweep.split(",") if v.strip()] if args.guidance_sweep is not None
+              else [args.guidance])
+  except ValueError:
+    raise UsageError(f"--guidance-sweep takes numbers separated by commas like 1,1.5,2,3, got "
+                     f"{args.guidance_sweep!r}") from None
+  if not scales or not all(math.isfinite(s) for s in scales):
+    raise UsageError(f"{flag} takes finite numbers like 1,1.5,2,3, got {args.guidance_sweep or args.guidance!r}")
+  if recipe.cond_settings(config)[0] == 0 and any(s != 1 for s in scales):
+    raise UsageError(f"{flag} {args.guidance_sweep or args.guidance} needs the null class, but {args.workdir} was "
+                     f"trained without label dropout (cond.drop_prob = 0); only guidance 1 applies")
+  return scales if args.guidance_sweep is not None else None
+
+
 def _sample(args, overrides):
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
@@ -189,11 +217,25 @@ def _eval(args, overrides):
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
       inception=args.inception, fid_batch_size=args.fid_batch_size, bpd_num=args.bpd_num,
-      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes)
+      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
+      guidance=args.guidance)
   try:
     runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  scales = _eval_guidance(args)
+  if scales:
+    try:
+      rows, paths, skipped = runner.guidance_sweep(args.workdir, scales, opts)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+    for why in skipped.values():
+      print(why)
+    with open(paths["md"]) as f:
+      print(f.read(), end="")
+    print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}; every point's records appended to "
+          f"{os.path.join(args.workdir, 'eval.jsonl')}")
+    return
   if args.nfe_sweep:
     rows, paths, skipped = runner.sweep(args.workdir, args.nfe_sweep, opts)
     for why in skipped.values():
@@ -371,6 +413,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--divergence", default=None, help="exact | hutchinson (default: hutchinson for images, "
                                                      "exact for toys)")
   p.add_argument("--num-probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
+  p.add_argument("--guidance", type=float, default=None, metavar="S",
+                 help="conditional runs: guidance scale of the samples (default: the run's cond.guidance)")
+  p.add_argument("--guidance-sweep", default=None, metavar="S1,S2,...",
+                 help="conditional runs: the metrics (default fid for images, w2 for toys) at each guidance scale, "
+                      "e.g. 1,1.5,2,3: writes WORKDIR/guidance_sweep.{md,csv,png}")
   p.add_argument("--nfe-sweep", default=None, metavar="SOLVER:V1,V2,...",
                  help="e.g. euler:1,2,5,10,20,50,100 (steps) or dopri5:1e-2,1e-3 (tolerances): writes "
                       "WORKDIR/nfe_sweep_SOLVER.{md,csv,png}")

@@ -13,7 +13,8 @@ reference):
 """
 from __future__ import annotations
 
-import math
+import csv
+import os
 from typing import Sequence
 
 import jax
@@ -22,8 +23,8 @@ import numpy as np
 
 from fm import metrics
 
-__all__ = ["class_labels", "training_labels", "labels_spec", "class_grid", "w2_per_class", "mode_accuracy",
-           "label_key"]
+__all__ = ["class_labels", "training_labels", "class_grid", "w2_per_class", "mode_accuracy", "label_key",
+           "write_guidance_sweep"]
 
 _w2 = jax.jit(metrics.w2)
 
@@ -55,13 +56,6 @@ def training_labels(key: jax.Array, num: int, class_probs: Sequence[float]) -> n
   """int32 `[num]` drawn i.i.d. from the training label distribution `class_probs` `[K]`."""
   logits = jnp.log(jnp.asarray(class_probs, jnp.float32))
   return np.asarray(jax.random.categorical(key, logits, shape=(num,)), np.int32)
-
-
-def labels_spec(labels: np.ndarray, by_class: bool) -> str:
-  """How the labels were chosen, for records: "classes 3,5" or "training distribution"."""
-  if not by_class:
-    return "training distribution"
-  return "classes " + ",".join(str(k) for k in dict.fromkeys(labels.tolist()))
 
 
 def class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -96,7 +90,6 @@ def class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_names: S
     draw.text((4, y), name, fill="black")
   tmp = path + ".tmp.png"
   canvas.save(tmp)
-  import os  # pylint: disable=g-import-not-at-top
   os.replace(tmp, path)
 
 
@@ -122,7 +115,38 @@ def mode_accuracy(samples: np.ndarray, labels: np.ndarray, centres: np.ndarray) 
   return {"value": float(hit.mean()), "per_class": per_class}
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  values = list(values)
-  mean = sum(values) / len(values)
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+_LABELS = {"fid": "FID", "w2": "W2", "mode_accuracy": "mode accuracy", "w2_class_mean": "mean per-class W2",
+           "nfe": "NFE", "network_passes": "network passes", "grid_nfe": "grid NFE",
+           "grid_network_passes": "grid network passes", "grid": "grid", "path_energy": "path energy"}
+
+
+def write_guidance_sweep(workdir: str, rows: Sequence[dict], columns: Sequence[str], caption: str) -> dict[str, str]:
+  """Writes `guidance_sweep.md`, `.csv` and `.png` (each numeric column against the guidance scale)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  stem = os.path.join(workdir, "guidance_sweep")
+  with open(stem + ".csv", "w", newline="") as f:
+    w = csv.DictWriter(f, ["guidance", *columns])
+    w.writeheader()
+    w.writerows(rows)
+
+  def cell(v):
+    return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+  header = ["guidance", *(_LABELS.get(c, c) for c in columns)]
+  lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    lines.append("| " + " | ".join([f"{r['guidance']:g}", *(cell(r.get(c)) for c in columns)]) + " |")
+  with open(stem + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  numeric = [c for c in columns if all(isinstance(r.get(c), (int, float)) for r in rows)]
+  fig, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3.2 * max(len(numeric), 1), 3), squeeze=False)
+  for ax, c in zip(axes[0], numeric):
+    ax.plot([r["guidance"] for r in rows], [r[c] for r in rows], "o-")
+    ax.set_xlabel("guidance scale s")
+    ax.set_title(_LABELS.get(c, c), fontsize=9)
+  fig.suptitle(caption.split(".")[0], fontsize=8)
+  fig.tight_layout()
+  fig.savefig(stem + ".png", dpi=110)
+  plt.close(fig)
+  return {"md": stem + ".md", "csv": stem + ".csv", "png": stem + ".png"}

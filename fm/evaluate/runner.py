@@ -25,11 +25,13 @@ import pathlib
 import time
 from typing import Any
 
+import jax
+
 from fm import likelihood, solvers
-from fm.evaluate import fid, image_metrics, nfe_sweep, records, reference, toy
+from fm.evaluate import conditional, fid, image_metrics, nfe_sweep, records, reference, toy
 from fm import recipe
 
-__all__ = ["METRICS", "SWEEPABLE", "Options", "check", "Evaluator", "evaluate", "sweep"]
+__all__ = ["METRICS", "SWEEPABLE", "Options", "check", "Evaluator", "evaluate", "sweep", "guidance_sweep"]
 
 METRICS = {"images": ("fid", "bpd"), "points": ("w2", "path_energy", "nll")}
 SWEEPABLE = {"images": ("fid", "bpd"), "points": ("w2", "nll")}
@@ -57,6 +59,7 @@ class Options:
   divergence: str | None = None
   num_probes: int = 1
   progress: bool = True
+  guidance: float | None = None   # conditional runs: None = the run's cond.guidance
 
 
 def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str, ...]:
@@ -120,6 +123,13 @@ class Evaluator:
     self.divergence = opts.divergence or _DEFAULT_DIVERGENCE[self.kind]
     self.base = {"step": self.step, "method": self.run.config.method, "data": info["description"],
                  "seed": self.seed}
+    self.num_classes = self.run.model.num_classes or 0
+    self.class_probs = info.get("class_probs")
+    if self.num_classes:   # a conditional run: every record says at which guidance scale
+      self.guidance = recipe.cond_settings(self.run.config)[1] if opts.guidance is None else float(opts.guidance)
+      self.base["guidance"] = self.guidance
+    else:
+      self.guidance = 1.0
     self.skipped: dict[str, str] = {}
     self._fid = self._held_out = None
 
@@ -134,11 +144,13 @@ class Evaluator:
         self._fid = self._prepare_fid(weights)
     elif metric == "bpd" and self._held_out is None:
       kwargs = reference.load_kwargs(self.run.config.data.to_dict())
-      images, where = image_metrics.held_out(kwargs, self.opts.bpd_num, self.seed)
+      images, labels, where = image_metrics.held_out(kwargs, self.opts.bpd_num, self.seed, with_labels=True)
       if images is None:
         why = where
+      elif self.num_classes and labels is None:
+        why = f"bits/dim skipped: the held-out images ({where}) have no labels to condition on."
       else:
-        self._held_out = (images, where)
+        self._held_out = (images, labels if self.num_classes else None, where)
     elif metric == "nll":
       why = toy.nll_unavailable(self.run.config.data.task)
     if why:
@@ -167,23 +179,29 @@ class Evaluator:
     if metric == "fid":
       sample_x0 = recipe.x0_sampler(self.run.config, self.run.shape)
       extra = self._fid["info"]
+      cond = {}
+      if self.num_classes:   # labels from the training label distribution, as the reference has them
+        cond = {"labels": conditional.training_labels(conditional.label_key(self.seed), self.num,
+                                                      self.class_probs), "guidance": self.guidance}
+        extra = {**extra, "labels": "training distribution"}
       result = image_metrics.fid_of_run(
           self.run, self.params, sample_x0, self._fid["params"], self._fid["mu"], self._fid["sigma"],
           num=self.num, seed=self.seed, batch_size=self.batch_size, fid_batch_size=self.opts.fid_batch_size,
-          progress=self.opts.progress, **ode)
+          progress=self.opts.progress, **cond, **ode)
     elif metric == "bpd":
-      images, where = self._held_out
+      images, labels, where = self._held_out
       extra = {"held_out": where}
       result = image_metrics.bpd_of_run(self.run, self.params, images, seed=self.seed, divergence=self.divergence,
-                                        num_probes=self.opts.num_probes, batch_size=self.opts.bpd_batch_size, **ode)
+                                        num_probes=self.opts.num_probes, batch_size=self.opts.bpd_batch_size,
+                                        labels=labels, **ode)
     else:
       task, ec = self.run.config.data.task, self.run.config.eval
       args = (self.run.model, self.params, task, self.num, self.seed)
       extra = {"task": task}
       if metric == "w2":
-        result = toy.w2_at(*args, **ode)
+        result = toy.w2_at(*args, **ode, guidance=self.guidance)
       elif metric == "path_energy":
-        result = toy.path_energy_at(*args, euler_steps=ec.euler_steps)
+        result = toy.path_energy_at(*args, euler_steps=ec.euler_steps, guidance=self.guidance)
         fields = records.solver_fields("euler", None, None, ec.euler_steps)
       else:
         result = toy.nll(*args, divergence=self.divergence, num_probes=self.opts.num_probes, **ode)
@@ -231,7 +249,75 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
   what = f"{ev.num} samples" if kind == "points" or "fid" in active else ""
   if "bpd" in active:
     what += (", " if what else "") + f"bits/dim of {len(ev._held_out[0])} held-out images ({ev.divergence})"
+  if ev.num_classes:
+    what += f", guidance {ev.guidance:g}"
   caption = (f"{ev.base['method']} at step {ev.step}, {solver} NFE sweep. Data: {ev.base['data']}; "
              f"seed {ev.seed}; {what}; NFE per trajectory (mean over batches).")
   paths = nfe_sweep.write(workdir, solver, rows, active, caption)
   return rows, paths, ev.skipped
+
+
+_GUIDANCE_DEFAULT = {"images": ("fid",), "points": ("w2",)}
+
+
+def guidance_sweep(workdir: str, scales, opts: Options) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+  """A conditional run's metrics at each guidance scale in `scales`; appends every record to `eval.jsonl` and
+  writes `guidance_sweep.{md,csv,png}`. Returns `(rows, paths, skipped)`.
+
+  Default metrics: fid (images, labels from the training distribution) and w2
+  (toys: with per-class W2 and mode accuracy). Image runs also get a per-class
+  grid at each scale (`samples/guidance_<s>.png`, `--classes all`, 8 per class,
+  the sweep's solver), so a sweep without Inception weights still has its NFE,
+  network passes and pictures.
+  """
+  kind = recipe.read_source_info(workdir)["kind"]
+  metrics = check(kind, dataclasses.replace(opts, metrics=opts.metrics or _GUIDANCE_DEFAULT[kind]))
+  ev = Evaluator(workdir, opts)
+  if not ev.num_classes:
+    raise ValueError(f"--guidance-sweep is for class-conditional runs, and {workdir} is unconditional "
+                     f"(model.num_classes = 0)")
+  active = [m for m in metrics if ev.ready(m)]
+  rows = []
+  for s in scales:
+    ev.guidance, ev.base["guidance"] = float(s), float(s)
+    row = {"guidance": float(s)}
+    for m in active:
+      rec = ev.compute(m, opts.solver, steps=opts.steps)
+      rec["sweep"] = "guidance"
+      records.append(workdir, rec)
+      row[m] = rec["value"]
+      for key in ("mode_accuracy", "w2_class_mean"):
+        if key in rec:
+          row[key] = rec[key]
+      row.setdefault("nfe", rec["nfe"])
+      row.setdefault("network_passes", rec.get("network_passes"))
+    if kind == "images":
+      row.update(_guidance_grid(ev, workdir, float(s), opts))
+    rows.append(row)
+  columns = [c for c in rows[0] if c != "guidance"]
+  caption = (f"{ev.base['method']} at step {ev.step}, guidance sweep ({opts.solver}). Data: {ev.base['data']}; "
+             f"seed {ev.seed}; {ev.num} samples per metric" + (", labels from the training distribution"
+                                                                 if "fid" in active else "") +
+             "; NFE per trajectory (mean over batches); network passes = NFE, or 2 NFE for guidance not 0 or 1.")
+  paths = conditional.write_guidance_sweep(workdir, rows, columns, caption)
+  return rows, paths, ev.skipped
+
+
+def _guidance_grid(ev: Evaluator, workdir: str, s: float, opts: Options) -> dict[str, Any]:
+  """A per-class grid (8 images of every class) at guidance `s`: its path, NFE and network passes."""
+  from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
+  per = 8
+  labels = conditional.class_labels(range(ev.num_classes), per * ev.num_classes, ev.num_classes)
+  sample_x0 = recipe.x0_sampler(ev.run.config, ev.run.shape)
+  samples, info = sampling.sample(ev.run.model, ev.params, sample_x0, jax.random.PRNGKey(ev.seed), len(labels),
+                                  min(ev.batch_size, len(labels)), opts.solver, rtol=ev.rtol, atol=ev.atol,
+                                  steps=opts.steps, postprocess=sampling.to_uint8, progress=False,
+                                  labels=labels, guidance=s)
+  directory = os.path.join(workdir, "samples")
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"guidance_{s:g}.png")
+  classes = recipe.read_source_info(workdir).get("classes") or [str(k) for k in range(ev.num_classes)]
+  conditional.class_grid(path, samples, labels, classes, per_row=per)
+  n = len(info["nfe_per_batch"])
+  return {"grid": os.path.relpath(path, workdir), "grid_nfe": info["nfe_total"] / n,
+          "grid_network_passes": info["network_passes_total"] / n}
