@@ -169,7 +169,9 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
   Old: top-level `sigma` and `time_sampler`, `time = {m, s}` and a `coupling`
   section of every coupling's options, without `name`, unset ones None. New:
   `path = {name, sigma}`, `time = {name, ...}`, `coupling = {name, ...}`; the
-  preset (`method`) fills in the names left None (`canonical`).
+  preset (`method`) fills in the names left None (`canonical`). A config without
+  `model.num_classes` or a `cond` section gets the unconditional defaults
+  (0; drop_prob 0, guidance 1).
   """
   d = json.loads(json.dumps(d))
   sections = {s: dict(d.get(s) or {}) for s in SECTIONS}
@@ -183,6 +185,10 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
       section = {k: v for k, v in section.items() if v is not None or k == "name"}
     d[name] = section
   d["path"].setdefault("sigma", None)
+  # Conditioning (docs/conditional.md), absent from configs older than it: unconditional defaults.
+  if isinstance(d.get("model"), dict):
+    d["model"].setdefault("num_classes", 0)
+  d["cond"] = {"drop_prob": 0.0, "guidance": 1.0, **(d.get("cond") or {})}
   return d
 
 

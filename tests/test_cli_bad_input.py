@@ -107,6 +107,13 @@ def _unfinished_teacher(d, run):
   return out
 
 
+def _as_conditional(d, run):
+  """A copy of the run whose config says 2 classes without label dropout (checked before any loading)."""
+  out = _run(d, run)
+  _edit_config(out["RUN"], model__num_classes=2, cond__drop_prob=0.0)
+  return out
+
+
 TRAIN = ["train", "--config", SMOKE, *cli_args()]
 CASES = [
     # (id, scene, argv, expected in the message)
@@ -148,6 +155,30 @@ CASES = [
     ("eval-workdir-is-file", _file, ["eval", "--workdir", "FILE"], "is a file"),
     ("eval-workdir-empty", _run, ["eval", "--workdir", ""], "must not be empty"),
     ("eval-checkpoint-unreadable", _latest_corrupt, ["eval", "--workdir", "RUN"], "cannot be read"),
+    ("cond-target-without-labels", _run, [*TRAIN, "--workdir", "NEW", "--config.model.num_classes=2",
+                                          "--config.data.task=gaussian->scurve"], "has no class labels"),
+    ("cond-num-classes-wrong", _run, [*TRAIN, "--workdir", "NEW", "--config.model.num_classes=8"],
+     "set model.num_classes=2"),
+    ("cond-drop-prob-unconditional", _run, [*TRAIN, "--workdir", "NEW", "--config.cond.drop_prob=0.1"],
+     "are for conditional runs"),
+    ("cond-guidance-without-dropout", _run, [*TRAIN, "--workdir", "NEW", "--config.model.num_classes=2",
+                                             "--config.cond.guidance=2"], "needs the null class trained"),
+    ("sample-class-unconditional", _run, ["sample", "--workdir", "RUN", "--class", "1"],
+     "is for class-conditional runs"),
+    ("sample-guidance-unconditional", _run, ["sample", "--workdir", "RUN", "--guidance", "2"],
+     "is for class-conditional runs"),
+    ("sample-class-out-of-range", _as_conditional, ["sample", "--workdir", "RUN", "--class", "5"],
+     "valid classes: 0 to 1"),
+    ("sample-classes-not-all", _as_conditional, ["sample", "--workdir", "RUN", "--classes", "3"],
+     "takes only 'all'"),
+    ("sample-classes-num-not-shared", _as_conditional, ["sample", "--workdir", "RUN", "--classes", "all",
+                                                        "--num", "3"], "multiple of 2"),
+    ("sample-guidance-without-dropout", _as_conditional, ["sample", "--workdir", "RUN", "--guidance", "2"],
+     "without label dropout"),
+    ("eval-guidance-sweep-unconditional", _run, ["eval", "--workdir", "RUN", "--guidance-sweep", "1,2"],
+     "is for class-conditional runs"),
+    ("eval-guidance-sweep-bad-number", _as_conditional, ["eval", "--workdir", "RUN", "--guidance-sweep", "1,x"],
+     "numbers separated by commas"),
     ("sweep-workdir-is-file", _file, ["sweep", "--config", SMOKE, "--workdir", "FILE", "--grid", "seed=0"],
      "is a file"),
     ("sweep-grid-no-values", _run, ["sweep", "--config", SMOKE, "--workdir", "NEW", "--grid", "method=,"],
