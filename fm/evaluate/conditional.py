@@ -1,4 +1,4 @@
-"""Conditional runs: which labels to sample, per-class grids and the per-class toy metrics.
+"""Conditional runs: which labels to sample, the per-class toy metrics, the guidance-sweep table.
 
 Labels for sampling come from `--class K` (repeatable: an equal share of each
 listed class, in blocks, in the order given), `--classes all` (an equal share of
@@ -23,7 +23,7 @@ import numpy as np
 
 from fm import metrics
 
-__all__ = ["class_labels", "training_labels", "class_grid", "w2_per_class", "mode_accuracy", "label_key",
+__all__ = ["class_labels", "training_labels", "w2_per_class", "mode_accuracy", "label_key",
            "write_guidance_sweep"]
 
 _w2 = jax.jit(metrics.w2)
@@ -56,41 +56,6 @@ def training_labels(key: jax.Array, num: int, class_probs: Sequence[float]) -> n
   """int32 `[num]` drawn i.i.d. from the training label distribution `class_probs` `[K]`."""
   logits = jnp.log(jnp.asarray(class_probs, jnp.float32))
   return np.asarray(jax.random.categorical(key, logits, shape=(num,)), np.int32)
-
-
-def class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-               per_row: int = 10, scale: int = 2) -> None:
-  """PNG: one row per class present in `labels` (in order of first appearance), its name on the left.
-
-  `images` uint8 `[n, H, W, C]`, `labels` `[n]`; each row shows up to `per_row`
-  images of its class.
-  """
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  from fm.evaluate import images as images_lib  # pylint: disable=g-import-not-at-top
-  order = list(dict.fromkeys(int(k) for k in labels))
-  rows = [images[labels == k][:per_row] for k in order]
-  n, h, w, c = images.shape
-  block = np.full((len(order) * per_row, h, w, c), 255, np.uint8)
-  for r, imgs in enumerate(rows):
-    block[r * per_row:r * per_row + len(imgs)] = imgs
-  grid = images_lib.make_grid(block, cols=per_row)
-  if grid.shape[-1] == 1:
-    grid = np.repeat(grid, 3, axis=-1)
-  img = Image.fromarray(grid)
-  if scale > 1:
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  names = [f"{k}: {class_names[k]}" if k < len(class_names) else str(k) for k in order]
-  margin = 8 + 6 * max(len(s) for s in names)
-  canvas = Image.new("RGB", (img.width + margin, img.height), "white")
-  canvas.paste(img, (margin, 0))
-  draw = ImageDraw.Draw(canvas)
-  pad = 2 * scale
-  for r, name in enumerate(names):
-    y = pad + r * (h + 2) * scale + (h * scale) // 2 - 5
-    draw.text((4, y), name, fill="black")
-  tmp = path + ".tmp.png"
-  canvas.save(tmp)
-  os.replace(tmp, path)
 
 
 def w2_per_class(samples: np.ndarray, labels: np.ndarray, reference: np.ndarray,

@@ -17,7 +17,7 @@ from fm import recipe
 from fm.train import partitioning
 from fm.train import workdir as workdir_lib
 
-__all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
+__all__ = ["make_grid", "save_grid", "save_class_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
 
 
 def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -42,6 +42,40 @@ def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> N
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   tmp = path + ".tmp.png"
   img.save(tmp)
+  os.replace(tmp, path)
+
+
+def save_class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+               per_row: int = 10, scale: int = 2) -> None:
+  """PNG: one row per class present in `labels` (in order of first appearance), its name on the left.
+
+  `images` uint8 `[n, H, W, C]`, `labels` `[n]`; each row shows up to `per_row`
+  images of its class.
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  order = list(dict.fromkeys(int(k) for k in labels))
+  rows = [images[labels == k][:per_row] for k in order]
+  n, h, w, c = images.shape
+  block = np.full((len(order) * per_row, h, w, c), 255, np.uint8)
+  for r, imgs in enumerate(rows):
+    block[r * per_row:r * per_row + len(imgs)] = imgs
+  grid = make_grid(block, cols=per_row)
+  if grid.shape[-1] == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  img = Image.fromarray(grid)
+  if scale > 1:
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  names = [f"{k}: {class_names[k]}" if k < len(class_names) else str(k) for k in order]
+  margin = 8 + 6 * max(len(s) for s in names)
+  canvas = Image.new("RGB", (img.width + margin, img.height), "white")
+  canvas.paste(img, (margin, 0))
+  draw = ImageDraw.Draw(canvas)
+  pad = 2 * scale
+  for r, name in enumerate(names):
+    y = pad + r * (h + 2) * scale + (h * scale) // 2 - 5
+    draw.text((4, y), name, fill="black")
+  tmp = path + ".tmp.png"
+  canvas.save(tmp)
   os.replace(tmp, path)
 
 
@@ -96,7 +130,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
     np.savez(tmp, **record)
     os.replace(tmp, out)
     if labels is not None and classes is not None:   # one labelled row per class
-      conditional.class_grid(png, samples, labels, [str(c) for c in extra["classes"]],
+      save_class_grid(png, samples, labels, [str(c) for c in extra["classes"]],
                              per_row=min(10, num // len(classes)))
     else:
       save_grid(png, samples[:64])
@@ -144,7 +178,7 @@ class GridEvaluator:
     if partitioning.is_writer():
       if self.labels is not None:
         names = self.class_names or [str(k) for k in range(self.run.model.num_classes)]
-        conditional.class_grid(path, images, self.labels, names, per_row=self.cols)
+        save_class_grid(path, images, self.labels, names, per_row=self.cols)
       else:
         save_grid(path, images)
     if writer is not None:

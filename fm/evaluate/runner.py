@@ -305,7 +305,7 @@ def guidance_sweep(workdir: str, scales, opts: Options) -> tuple[list[dict[str, 
 
 def _guidance_grid(ev: Evaluator, workdir: str, s: float, opts: Options) -> dict[str, Any]:
   """A per-class grid (8 images of every class) at guidance `s`: its path, NFE and network passes."""
-  from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import images, sampling  # pylint: disable=g-import-not-at-top
   per = 8
   labels = conditional.class_labels(range(ev.num_classes), per * ev.num_classes, ev.num_classes)
   sample_x0 = recipe.x0_sampler(ev.run.config, ev.run.shape)
@@ -317,7 +317,7 @@ def _guidance_grid(ev: Evaluator, workdir: str, s: float, opts: Options) -> dict
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"guidance_{s:g}.png")
   classes = recipe.read_source_info(workdir).get("classes") or [str(k) for k in range(ev.num_classes)]
-  conditional.class_grid(path, samples, labels, classes, per_row=per)
+  images.save_class_grid(path, samples, labels, classes, per_row=per)
   n = len(info["nfe_per_batch"])
   return {"grid": os.path.relpath(path, workdir), "grid_nfe": info["nfe_total"] / n,
           "grid_network_passes": info["network_passes_total"] / n}

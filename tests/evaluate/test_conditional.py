@@ -12,6 +12,7 @@ import scipy.optimize
 from fm import config as config_lib, experiment, recipe
 from fm.data import toys
 from fm.evaluate import conditional, toy
+from fm.evaluate import images as images_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "toy2d.py") + ":smoke"
@@ -97,7 +98,7 @@ def test_class_grid_has_one_row_per_class(tmp_path):
   images = np.zeros((12, 4, 4, 3), np.uint8)
   labels = np.repeat([2, 0, 1], 4)
   path = str(tmp_path / "g.png")
-  conditional.class_grid(path, images, labels, ["cat", "dog", "eel"], per_row=4, scale=1)
+  images_lib.save_class_grid(path, images, labels, ["cat", "dog", "eel"], per_row=4, scale=1)
   with Image.open(path) as im:
     grid_w = 4 * (4 + 2) + 2
     assert im.height == 3 * (4 + 2) + 2 and im.width > grid_w   # 3 rows, a name column on the left
