@@ -43,19 +43,25 @@ def _eight_centres():
   return _EIGHT_RADIUS * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
 
 
-def _moons_labelled(key, n):
-  """Points `[n, 2]` and their moon `[n]`: 0 = the upper moon, 1 = the lower one."""
+def _moons_and_side(key, n):
+  """Points `[n, 2]` and whether each is on the upper moon `[n]` bool."""
   k_s, k_a, k_n = jax.random.split(key, 3)
   theta = jax.random.uniform(k_a, (n,), maxval=math.pi)
   upper = jax.random.bernoulli(k_s, 0.5, (n,))
   outer = jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1)
   inner = jnp.stack([1 - jnp.cos(theta), 0.5 - jnp.sin(theta)], axis=1)
   x = jnp.where(upper[:, None], outer, inner) + 0.2 * jax.random.normal(k_n, (n, 2))
-  return 3.0 * x - 1.0, jnp.where(upper, 0, 1).astype(jnp.int32)
+  return 3.0 * x - 1.0, upper
+
+
+def _moons_labelled(key, n):
+  """Points `[n, 2]` and their moon `[n]`: 0 = the upper moon, 1 = the lower one."""
+  x, upper = _moons_and_side(key, n)
+  return x, jnp.where(upper, 0, 1).astype(jnp.int32)
 
 
 def _moons(key, n):
-  return _moons_labelled(key, n)[0]
+  return _moons_and_side(key, n)[0]
 
 
 def _scurve(key, n):

@@ -102,3 +102,17 @@ def test_class_grid_has_one_row_per_class(tmp_path):
   with Image.open(path) as im:
     grid_w = 4 * (4 + 2) + 2
     assert im.height == 3 * (4 + 2) + 2 and im.width > grid_w   # 3 rows, a name column on the left
+
+
+def test_eval_guidance_sweep_cli(cond_run, capsys):
+  from fm import cli
+  workdir, _ = cond_run
+  assert cli.main(["eval", "--workdir", workdir, "--guidance-sweep", "1,2", "--num", "200", "--solver", "euler",
+                   "--steps", "10"]) == 0
+  assert "| guidance | W2 | mode accuracy | mean per-class W2 | NFE | network passes |" in capsys.readouterr().out
+  with open(os.path.join(workdir, "eval.jsonl")) as f:
+    recs = [json.loads(line) for line in f if '"sweep": "guidance"' in line]
+  assert [(r["guidance"], r["nfe"], r["network_passes"]) for r in recs] == [(1.0, 10, 10), (2.0, 10, 20)]
+  assert recs[1]["mode_accuracy"] > recs[0]["mode_accuracy"]
+  for ext in ("md", "csv", "png"):
+    assert os.path.isfile(os.path.join(workdir, f"guidance_sweep.{ext}"))
