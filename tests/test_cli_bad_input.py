@@ -214,8 +214,8 @@ def _fill(arg, paths):
 
 
 def test_table_size():
-  """The count reported for issue 6 (besides the older cases in test_cli.py)."""
-  assert len(CASES) == 36
+  """The count reported for issue 6 (besides the older cases in test_cli.py), plus issue 14's 12."""
+  assert len(CASES) == 36 + 12
 
 
 def test_second_train_in_a_workdir_is_locked_out(tmp_path, capsys, trained_run):  # noqa: F811

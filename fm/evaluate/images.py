@@ -205,6 +205,7 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
             "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
             "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
             "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
+  result.update({k: info[k] for k in ("guidance", "network_passes") if k in info})   # conditional runs
   result.setdefault("provenance", provenance.record())
   workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
   return result

@@ -95,7 +95,8 @@ def test_conditional_image_run_end_to_end(folder, tmp_path):
   workdir = str(tmp_path / "cond")
   config = _config(folder, **{"model.num_classes": "2", "cond.drop_prob": "0.5", "cond.guidance": "2.0"})
   result = experiment.train_and_evaluate(config, workdir)
-  assert result["step"] == 20 and result["dopri5_success"]
+  assert result["step"] == 20 and result["dopri5_success"] and result["guidance"] == 2.0
+  assert result["network_passes"] == 2 * result["nfe_total"]
   with open(os.path.join(workdir, "source.json")) as f:
     source = json.load(f)
   assert source["classes"] == ["a", "b"] and source["class_probs"] == [0.5, 0.5]
