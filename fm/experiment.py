@@ -37,7 +37,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
   mesh = partitioning.make_mesh()
   run = recipe.build(config, source.shape, mesh=mesh)
   return loop.train(config, workdir, run, recipe.loss_fn(run), source, mesh,
-                    evaluators=evaluate.periodic(run, source, config, workdir), teacher_step=teacher_step)
+                    make_evaluators=lambda: evaluate.periodic(run, source, config, workdir),
+                    teacher_step=teacher_step)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str):
