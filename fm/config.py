@@ -20,6 +20,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
 from typing import Any, Iterable
 
@@ -27,7 +28,7 @@ from fm.errors import UserError
 
 
 __all__ = ["ConfigError", "load", "apply_overrides", "to_dict", "from_dict", "flatten", "diff", "upgrade",
-           "canonical", "SECTIONS", "ALIASES", "OPTIMIZERS", "SCHEDULES"]
+           "canonical", "check", "check_positive", "SECTIONS", "ALIASES", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw")
 SECTIONS = ("coupling", "path", "time")   # open component sections: {name, ...that component's options}
@@ -209,3 +210,53 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
   if d["path"].get("sigma") is None:
     d["path"]["sigma"] = preset.sigma
   return d
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_positive(f: dict[str, Any], keys: Iterable[str], allow_zero: bool = False) -> None:
+  """Finite numbers > 0 (>= 0) at dotted `keys` of a flat dict; floats must also be finite in float32."""
+  for key in keys:
+    value = f[key]
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+        or value < 0 or (value == 0 and not allow_zero)
+        or (isinstance(value, float) and value > _FLOAT32_MAX)):
+      bound = ">= 0" if allow_zero else "> 0"
+      f32 = " (in float32)" if isinstance(value, float) else ""
+      raise ConfigError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound}{f32}")
+
+
+def _choice(key, value, choices):
+  if value not in choices:
+    raise ConfigError(f"bad value {value!r} for config key {key!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+def check(config) -> None:
+  """The checks that need no component: required keys, the trainer's numbers, path.sigma's range.
+
+  Imports nothing, so `fm train` answers these at once; `fm.recipe.resolve`
+  runs it first and then checks every component through its factory.
+  """
+  d = upgrade(to_dict(config))
+  f = flatten(d)
+  for key in ("method", "seed", "model.name", "train.steps", "train.batch_size", "train.lr"):
+    if key not in f:
+      raise ConfigError(f"config is missing required key {key!r}")
+  check_positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
+                     "train.checkpoint_every", "train.keep_checkpoints"])
+  check_positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
+  check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.rtol", "eval.atol") if k in f])
+  check_positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
+  if not 0 <= f["train.ema_decay"] < 1:
+    raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")
+  _choice("train.optimizer", f["train.optimizer"], OPTIMIZERS)
+  _choice("train.schedule", f["train.schedule"], SCHEDULES)
+  sigma = d["path"].get("sigma")
+  if sigma is not None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+      raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma': must be a number >= 0 or none "
+                        f"(the method's default)")
+    if d["method"] == "rf" and sigma != 0:
+      raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma' (sigma): method 'rf' has sigma = 0, "
+                        f"use 'icfm' for sigma > 0")

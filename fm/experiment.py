@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from fm import recipe
+from fm import config as config_lib
 
 __all__ = ["prepare", "train", "train_and_evaluate"]
 
@@ -23,21 +23,24 @@ log = logging.getLogger("fm")
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
   """The resolved config (`fm.recipe.resolve`: every check, once) after checking its fit with `workdir`."""
-  from fm.train import loop  # pylint: disable=g-import-not-at-top  (the trainer imports orbax)
+  config_lib.check(config)   # before importing JAX: bad numbers are answered at once
+  from fm import recipe  # pylint: disable=g-import-not-at-top
+  from fm.train import loop  # pylint: disable=g-import-not-at-top
   config = recipe.resolve(config)
   return loop.prepare(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str):
   """Trains a resolved, prepared config inside the workdir lock; returns `(state, start step)`."""
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
+  from fm import evaluate, recipe  # pylint: disable=g-import-not-at-top
   from fm.train import loop, partitioning  # pylint: disable=g-import-not-at-top
   source, teacher_step = recipe.make_source(config, workdir)
   # Data parallelism (fm.train.partitioning): batch sharded over every device, state replicated.
   mesh = partitioning.make_mesh()
   run = recipe.build(config, source.shape, mesh=mesh)
   return loop.train(config, workdir, run, recipe.loss_fn(run), source, mesh,
-                    evaluators=evaluate.periodic(run, source, config, workdir), teacher_step=teacher_step)
+                    make_evaluators=lambda: evaluate.periodic(run, source, config, workdir),
+                    teacher_step=teacher_step)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str):
@@ -55,10 +58,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   A finished run whose eval.json is of its last step and current eval settings
   is not evaluated again (`fm eval` does that); its eval.json is returned.
   """
+  config = prepare(config, workdir)
   import jax  # pylint: disable=g-import-not-at-top
   from fm import evaluate  # pylint: disable=g-import-not-at-top
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  config = prepare(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.lock(workdir):
     state, start = _train(config, workdir)

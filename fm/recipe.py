@@ -14,7 +14,6 @@ source.json) lives in `fm.train.workdir`; its readers are re-exported here.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -32,9 +31,6 @@ __all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "load", "compose", 
            "num_classes", "cond_settings",
            "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
            "SOURCE_FILE"]
-
-_FLOAT32_MAX = 3.4028234663852886e38
-
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -110,18 +106,6 @@ def _choice(key, value, choices):
     raise UserError(f"bad value {value!r} for config key {key!r}; valid choices: {', '.join(map(str, choices))}")
 
 
-def _positive(f, keys, allow_zero=False):
-  """Finite numbers > 0 (>= 0); floats must also be finite in float32, the dtype they are used in."""
-  for key in keys:
-    value = f[key]
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-        or value < 0 or (value == 0 and not allow_zero)
-        or (isinstance(value, float) and value > _FLOAT32_MAX)):
-      bound = ">= 0" if allow_zero else "> 0"
-      f32 = " (in float32)" if isinstance(value, float) else ""
-      raise UserError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound}{f32}")
-
-
 def _component(key: str, make) -> None:
   """Runs a component's own validation; its ValueError becomes a UserError naming `key`."""
   try:
@@ -136,33 +120,12 @@ def resolve(config) -> ml_collections.ConfigDict:
   """The canonical config (new shape, preset filled in) after checking every name, range and option.
 
   Raises `UserError` with one sentence. The trainer's own numbers are checked
-  here; each component validates its options through its factory.
+  by `fm.config.check`; each component validates its options through its factory.
   """
+  config_lib.check(config)   # the trainer's numbers (no imports; `fm train` ran it before importing JAX)
   d = config_lib.to_dict(config)
   f = config_lib.flatten(d)
-  for key in ("method", "seed", "model.name", "train.steps", "train.batch_size", "train.lr"):
-    if key not in f:
-      raise UserError(f"config is missing required key {key!r}")
-  # The trainer's numbers first: they need no model or data, so these errors come at once.
-  _positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints"])
-  _positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
-  _positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.rtol", "eval.atol") if k in f])
-  _positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
-  if not 0 <= f["train.ema_decay"] < 1:
-    raise UserError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")
-  _choice("train.optimizer", f["train.optimizer"], config_lib.OPTIMIZERS)
-  _choice("train.schedule", f["train.schedule"], config_lib.SCHEDULES)
   _choice("method", f["method"], methods.NAMES)
-  given = config_lib.upgrade(d)
-  sigma = given["path"].get("sigma")
-  if sigma is not None:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-      raise UserError(f"bad value {sigma!r} for config key 'path.sigma': must be a number >= 0 or none "
-                      f"(the method's default)")
-    if f["method"] == "rf" and sigma != 0:
-      raise UserError(f"bad value {sigma!r} for config key 'path.sigma' (sigma): method 'rf' has sigma = 0, "
-                      f"use 'icfm' for sigma > 0")
   d = config_lib.canonical(d)
   for section, names in (("coupling", couplings.NAMES), ("path", paths.NAMES), ("time", timesteps.NAMES)):
     _choice(f"{section}.name", d[section]["name"], names)
@@ -188,7 +151,7 @@ def resolve(config) -> ml_collections.ConfigDict:
       raise UserError(f"config key 'reflow.teacher' needs method 'rf' (reflow trains a rectified flow on "
                       f"teacher pairs), got method {f['method']!r}")
     _choice("reflow.solver", f["reflow.solver"], solvers.SOLVERS)
-    _positive(f, ["reflow.num_pairs", "reflow.steps", "reflow.rtol", "reflow.atol"])
+    config_lib.check_positive(f, ["reflow.num_pairs", "reflow.steps", "reflow.rtol", "reflow.atol"])
   return config
 
 

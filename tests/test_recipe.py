@@ -6,7 +6,7 @@ import pytest
 
 from fm import cli, config as config_lib, couplings, errors, experiment, methods, paths, recipe, timesteps
 from fm.train import workdir as workdir_lib
-from train.helpers import CONFIG, cli_args, tiny_overrides
+from train.helpers import CONFIG, cli_args
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "old_workdir.json")
 
@@ -136,35 +136,22 @@ def test_an_old_workdir_samples_evaluates_and_resumes(tmp_path, capsys):
   capsys.readouterr()
 
 
-def test_cli_trains_otcfm_with_a_sinkhorn_plan(tmp_path, capsys):
+def test_cli_trains_otcfm_with_a_sinkhorn_plan_validating_once(tmp_path, capsys, monkeypatch):
+  calls = []
+  resolve = recipe.resolve
+  monkeypatch.setattr(recipe, "resolve", lambda c: calls.append(1) or resolve(c))
   workdir = str(tmp_path / "sk")
   base = ["train", "--config", CONFIG + ":smoke", "--workdir", workdir,
           *cli_args(train__steps=20, eval__at_end="false"), "--config.coupling.name=sinkhorn"]
   assert cli.main([*base, "--config.coupling.reg_m=1.0"]) == 2
   err = capsys.readouterr().err
   assert "reg_m" in err and "epsilon" in err and err.count("\n") == 1 and not os.path.exists(workdir)
+  calls.clear()
   assert cli.main([*base, "--config.coupling.epsilon=0.05"]) == 0
+  assert len(calls) == 1   # the config is checked once per fm train
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   assert saved["coupling"] == {"name": "sinkhorn", "epsilon": 0.05}
   assert saved["path"] == {"name": "linear", "sigma": 0.1} and saved["method"] == "otcfm"
   rows = workdir_lib.read_metrics(workdir)
   assert rows[-1]["cost_after"] < rows[-1]["cost_before"]
-
-
-def test_validation_happens_once_per_train(tmp_path, monkeypatch, capsys):
-  calls = []
-  resolve = recipe.resolve
-  monkeypatch.setattr(recipe, "resolve", lambda c: calls.append(1) or resolve(c))
-  argv = ["train", "--config", CONFIG + ":smoke", "--workdir", str(tmp_path / "w"),
-          *cli_args(train__steps=20, eval__at_end="false")]
-  assert cli.main(argv) == 0
-  assert len(calls) == 1
-  capsys.readouterr()
-
-
-def test_tiny_overrides_are_the_fixtures():
-  """The fixture's runs are the tests' tiny config (so the loss comparison is of the same run)."""
-  tiny = dict(tiny_overrides())
-  for entry in _old().values():
-    assert all(tiny[k] == v for k, v in entry["overrides"].items() if k in tiny)

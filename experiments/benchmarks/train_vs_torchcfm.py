@@ -11,7 +11,7 @@ Task 8gaussians->moons (2D), TorchCFM's `MLP(dim=2, w=64, time_varying=True)`
          default ot_method="exact" would ignore reg and solve exact OT)
 
 fm runs through the trainer's own code path (what `fm train` runs):
-`fm.train.run.build(config)` on `configs/toy2d.py` plus
+`fm.recipe.build(config)` on `configs/toy2d.py` plus
 `jax.jit(fm.train.step.make_multi_step(...), donate_argnums=0)`, with data drawn
 inside the jitted step. `fm K=<steps_per_call>` is the trainer default (several
 steps per dispatch); `fm K=1` dispatches every step. The trainer's step also

@@ -11,7 +11,7 @@ scaled to [-1, 1]. Presets:
   cifar  the full recipe (128 ch, mult (1, 2, 2, 2), 2 res blocks, attention at 16,
          64-ch heads, dropout 0.1; 35,746,307 params), batch 128: for a GPU.
 
-fm runs the trainer's own step: `fm.train.run.build(config)` on
+fm runs the trainer's own step: `fm.recipe.build(config)` on
 `configs/cifar10.py` and `jax.jit(make_multi_step(...), donate_argnums=0)`
 with `steps_per_call` steps per dispatch, batches drawn inside the step from
 the uint8 images held on device. TorchCFM runs the loop body of its

@@ -2,8 +2,8 @@
 
 The loop is handed what it trains (`fm.experiment` assembles it with
 `fm.recipe` and holds the workdir lock): a resolved config, the built run and
-its loss, the data source, the mesh and the periodic evaluators; it imports
-neither the recipe nor the evaluators.
+its loss, the data source, the mesh and a factory of its periodic evaluators;
+it imports neither the recipe nor the evaluators.
 
 Per dispatch the host runs a jitted, state-donating `multi_step` of up to
 `train.steps_per_call` steps; chunks end on log and checkpoint steps. Metrics of
@@ -157,13 +157,14 @@ class _NonFinite(Exception):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source, mesh, *,
-          evaluators=(), teacher_step: int | None = None):
+          make_evaluators=None, teacher_step: int | None = None):
   """Trains to `config.train.steps`, resuming from the workdir; returns `(state, start step)`.
 
   Called with the workdir lock held (`workdir_lib.lock`) and a resolved config
   that passed `prepare`. `run` (`fm.recipe.Run`) and `loss_fn(params, key, x0, x1)`
-  are built for `source.shape` on `mesh`; `evaluators` are called every
-  `eval.every` steps as `f(step, ema_params, writer) -> dict`.
+  are built for `source.shape` on `mesh`. `make_evaluators()` (called once the
+  run is known to go on, so a finished run's workdir is left as it is) gives the
+  evaluators called every `eval.every` steps as `f(step, ema_params, writer) -> dict`.
   """
   tc = config.train
   data_sharding = partitioning.batch_sharding(mesh) if mesh.size > 1 else None
@@ -185,7 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
   data = None if source.data is None else partitioning.replicate(source.data, mesh)
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   workdir_lib.trim_metrics(workdir, start)
-  evaluators = list(evaluators)
+  evaluators = list(make_evaluators()) if make_evaluators is not None else []
   eval_every = config.eval.get("every", 0) if evaluators else 0
   writer = tensorboard.Writer(workdir, enabled=config.train.get("tensorboard", True))
 
