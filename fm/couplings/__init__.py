@@ -12,15 +12,17 @@ from typing import Any, Callable, Dict
 
 import jax
 
-from fm.couplings import base, exact, scope, sinkhorn
+from fm.couplings import base, exact, partial, scope, sinkhorn, unbalanced
 from fm.couplings.auction import auction
 from fm.couplings.base import Independent, apply, gather, pair_cost, sqdist
 from fm.couplings.exact import Exact, assignment, assignment_points, exact_plan
+from fm.couplings.partial import Partial
 from fm.couplings.scope import SCOPES, Scoped
 from fm.couplings.sinkhorn import SB, Sinkhorn
+from fm.couplings.unbalanced import Unbalanced
 
 __all__ = [
-    "NAMES", "SCOPES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Scoped",
+    "NAMES", "SCOPES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Unbalanced", "Partial", "Scoped",
     "assignment", "assignment_points", "exact_plan", "auction", "sqdist", "pair_cost", "apply", "gather",
 ]
 
@@ -29,6 +31,8 @@ _REGISTRY: Dict[str, Callable[..., Any]] = {
     "exact": Exact,
     "sinkhorn": Sinkhorn,
     "sb": SB,
+    "unbalanced": Unbalanced,
+    "partial": Partial,
 }
 NAMES = tuple(_REGISTRY)
 
@@ -65,6 +69,7 @@ def plan(x0: jax.Array, x1: jax.Array, method: str = "exact", **kwargs: Any) -> 
   """Dense coupling plan `[n, m]` (sums to 1) for `method` in `NAMES`.
 
   `kwargs` as in `make` (e.g. `epsilon=0.5` for "sinkhorn", `solver=` for
-  "exact", `sigma=` for "sb").
+  "exact", `sigma=` for "sb", `reg_m=` for "unbalanced", `mass=` for "partial").
+  The unbalanced plan's mass is not 1.
   """
   return make(method, **kwargs).plan(x0, x1)

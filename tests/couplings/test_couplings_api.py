@@ -12,7 +12,7 @@ CONFIGS = [("independent", {}), ("exact", {}), ("exact", {"solver": "auction"}),
 
 
 def test_names():
-  assert set(fm.couplings.NAMES) == {"independent", "exact", "sinkhorn", "sb"}
+  assert set(fm.couplings.NAMES) == {"independent", "exact", "sinkhorn", "sb", "unbalanced", "partial"}
 
 
 def test_unknown_name_and_kwarg():
@@ -57,7 +57,7 @@ def test_jit_traces_once_images(name, kw):
       assert info["cost_after"] <= info["cost_before"] + 1e-5
 
 
-@pytest.mark.parametrize("method", ["independent", "exact", "sinkhorn", "sb"])
+@pytest.mark.parametrize("method", ["independent", "exact", "sinkhorn", "sb", "partial"])
 def test_plan_sums_to_one_images(method):
   x0 = jax.random.normal(jax.random.PRNGKey(0), (8, 3, 8, 8))
   x1 = jax.random.normal(jax.random.PRNGKey(1), (8, 3, 8, 8))

@@ -50,7 +50,8 @@ key = jax.random.PRNGKey(3)
 x0 = jax.random.normal(jax.random.PRNGKey(4), (64, 3))
 x1 = jax.random.normal(jax.random.PRNGKey(5), (64, 3)) * 2.0 + 1.0
 shards = NamedSharding(mesh, P("data"))
-for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
+for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5}), ("unbalanced", {"reg_m": 0.5}),
+                 ("partial", {"mass": 0.7, "replace": True})):
   plain = jax.jit(fm.couplings.make(name, **kw))
   scoped = jax.jit(fm.couplings.make(name, mesh=mesh, **kw))
   calls.clear()
