@@ -64,3 +64,17 @@ def test_plan_sums_to_one_images(method):
   p = fm.couplings.plan(x0, x1, method=method)
   assert p.shape == (8, 8)
   np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["exact", "sinkhorn", "unbalanced", "partial"])
+def test_apply_carries_any_pytree_with_its_pair(name):
+  """Labels attached to x1 follow their example through the coupling's indices."""
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (12, 2))
+  x1 = jax.random.normal(jax.random.PRNGKey(1), (12, 2)) + 1.0
+  y1 = jnp.arange(12) * 10
+  i0, i1, _ = jax.jit(fm.couplings.make(name, replace=True) if name != "exact" else fm.couplings.make(name))(
+      jax.random.PRNGKey(2), x0, x1)
+  (a0, _), (a1, b1) = fm.couplings.apply(i0, i1, (x0, jnp.zeros(12)), (x1, {"y": y1}))
+  np.testing.assert_array_equal(a0, np.asarray(x0)[np.asarray(i0)])
+  np.testing.assert_array_equal(a1, np.asarray(x1)[np.asarray(i1)])
+  np.testing.assert_array_equal(b1["y"], np.asarray(i1) * 10)
