@@ -123,6 +123,6 @@ class Partial(base.PlanCoupling):
     check_mass(self.mass)
     object.__setattr__(self, "max_iterations", int(self.max_iterations))
 
-  def log_plan_of_cost(self, cost: jax.Array) -> Tuple[jax.Array, dict]:
-    eps = sinkhorn.resolve_epsilon(cost, self.epsilon, self.relative)
-    return solve_cost(cost, eps, self.mass, self.threshold, self.max_iterations)
+  def log_plan_of_cost(self, cost: jax.Array, allowed: jax.Array | None = None) -> Tuple[jax.Array, dict]:
+    eps = sinkhorn.resolve_epsilon(cost, self.epsilon, self.relative)  # from the whole cost, mask or not
+    return solve_cost(base.forbid(cost, allowed, jnp.inf), eps, self.mass, self.threshold, self.max_iterations)

@@ -109,6 +109,6 @@ class Unbalanced(base.PlanCoupling):
     check_reg_m(self.reg_m)
     object.__setattr__(self, "max_iterations", int(self.max_iterations))
 
-  def log_plan_of_cost(self, cost: jax.Array) -> Tuple[jax.Array, dict]:
-    eps = sinkhorn.resolve_epsilon(cost, self.epsilon, self.relative)
-    return solve_cost(cost, eps, self.reg_m, self.threshold, self.max_iterations)
+  def log_plan_of_cost(self, cost: jax.Array, allowed: jax.Array | None = None) -> Tuple[jax.Array, dict]:
+    eps = sinkhorn.resolve_epsilon(cost, self.epsilon, self.relative)  # from the whole cost, mask or not
+    return solve_cost(base.forbid(cost, allowed, jnp.inf), eps, self.reg_m, self.threshold, self.max_iterations)
