@@ -63,7 +63,8 @@ def make(name: str, scope: str = "global", mesh=None, condition: str = "none", *
   bad = [k for k in kwargs if k not in valid]
   if bad:
     raise ValueError(
-        f"unknown argument(s) {bad} for coupling {name!r}; valid: {valid + ('scope', 'condition')}")
+        f"unknown argument(s) {bad} for coupling {name!r}; valid: {valid} (and for every coupling: scope, "
+        f"condition)")
   coupling = cls(**kwargs)
   if condition == "within_class":
     coupling = WithinClass(coupling)
