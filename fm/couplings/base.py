@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["sqdist", "sqdist_host", "pair_cost", "sample_rows", "sample_joint", "draw", "gather", "apply",
-           "Independent"]
+           "forbid", "Coupling", "Independent", "PlanCoupling"]
 
 Info = Dict[str, jax.Array]
 
@@ -118,7 +118,7 @@ def draw(key: jax.Array, log_plan: jax.Array, replace: bool) -> Tuple[jax.Array,
 
 def gather(tree: Any, idx: jax.Array) -> Any:
   """`leaf[idx]` along the leading (batch) axis of every leaf of `tree`; `idx` `[B]` int."""
-  return jax.tree_util.tree_map(lambda leaf: leaf[idx], tree)
+  return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[idx], tree)
 
 
 def apply(i0: jax.Array, i1: jax.Array, a: Any, b: Any) -> Tuple[Any, Any]:
@@ -142,11 +142,38 @@ def _info(x0, x1, i0, i1, **extra: Any) -> Info:
   return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Independent:
-  """Independent coupling: the identity pairing `i0 = i1 = arange(B)`, `B = min(n, m)`."""
+class Coupling:
+  """Base of every coupling: `couple(key, x0, x1, y1=None) -> (i0, i1, info)`.
 
-  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
+  A subclass defines `pairs(key, x0, x1, allowed=None)`; `allowed` `[n, m]`
+  bool (None: all pairs) is the set of pairs the plan may use, given by
+  `fm.couplings.condition.WithinClass`. The labels `y1` are used only by that
+  wrapper (`condition="within_class"`); a coupling itself ignores them.
+  """
+
+  def pairs(self, key: jax.Array, x0: jax.Array, x1: jax.Array, allowed: jax.Array | None = None):
+    raise NotImplementedError
+
+  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array, y1: jax.Array | None = None):
+    del y1
+    return self.pairs(key, x0, x1)
+
+
+def forbid(cost: jax.Array, allowed: jax.Array | None, value) -> jax.Array:
+  """`cost` `[n, m]` with `value` where `allowed` is False (unchanged if `allowed` is None)."""
+  return cost if allowed is None else jnp.where(allowed, cost, jnp.asarray(value, cost.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class Independent(Coupling):
+  """Independent coupling: the identity pairing `i0 = i1 = arange(B)`, `B = min(n, m)`.
+
+  (Under `condition="within_class"` the wrapper pairs at random inside each class.)
+  """
+
+  def pairs(self, key: jax.Array, x0: jax.Array, x1: jax.Array, allowed: jax.Array | None = None):
+    if allowed is not None:
+      raise ValueError("the independent coupling takes no pair mask; use condition='within_class'")
     del key
     idx = jnp.arange(min(x0.shape[0], x1.shape[0]), dtype=jnp.int32)
     return idx, idx, _info(x0, x1, idx, idx)
@@ -155,3 +182,32 @@ class Independent:
     """Uniform product plan `[n, m]` with entries `1 / (n m)`."""
     n, m = x0.shape[0], x1.shape[0]
     return jnp.full((n, m), 1.0 / (n * m), dtype=jnp.result_type(x0.dtype, jnp.float32))
+
+
+class PlanCoupling(Coupling):
+  """Base of the couplings whose pairs are drawn from a dense plan (unbalanced, partial).
+
+  A subclass defines `replace` (see `draw`) and `log_plan_of_cost(cost) ->
+  (log_plan [n, m], info)`; the cost is `sqdist(x0, x1)`, TorchCFM's
+  `torch.cdist(x0, x1) ** 2` (unnormalised).
+  """
+
+  replace: bool = False
+
+  def log_plan_of_cost(self, cost: jax.Array, allowed: jax.Array | None = None) -> Tuple[jax.Array, Info]:
+    """`(log_plan [n, m], info)`; pairs outside `allowed` get cost `+inf` (plan 0)."""
+    raise NotImplementedError
+
+  def plan(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
+    """The plan `[n, m]` (its mass is the solver's, not necessarily 1)."""
+    return jnp.exp(self.log_plan_of_cost(_float_cost(x0, x1))[0])
+
+  def pairs(self, key: jax.Array, x0: jax.Array, x1: jax.Array, allowed: jax.Array | None = None):
+    log_plan, info = self.log_plan_of_cost(_float_cost(x0, x1), allowed)
+    i0, i1 = draw(key, log_plan, self.replace)
+    return i0, i1, _info(x0, x1, i0, i1, **info)
+
+
+def _float_cost(x0: jax.Array, x1: jax.Array) -> jax.Array:
+  cost = sqdist(x0, x1)
+  return cost if jnp.issubdtype(cost.dtype, jnp.floating) else cost.astype(jnp.float32)

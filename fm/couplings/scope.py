@@ -65,28 +65,29 @@ class Scoped:
   def plan(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
     return self.coupling.plan(x0, x1)
 
-  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
+  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array, y1: jax.Array | None = None):
     shards = NamedSharding(self.mesh, P(self.axis))
+    args = (x0, x1) if y1 is None else (x0, x1, y1)  # the labels of x1 travel with it
     if self.scope == "global":
       whole = NamedSharding(self.mesh, P())
-      x0, x1 = (jax.lax.with_sharding_constraint(x, whole) for x in (x0, x1))
-      i0, i1, info = self.coupling(key, x0, x1)
+      args = tuple(jax.lax.with_sharding_constraint(x, whole) for x in args)
+      i0, i1, info = self.coupling(key, *args)
       return (jax.lax.with_sharding_constraint(i0, shards),
               jax.lax.with_sharding_constraint(i1, shards), info)
 
     n = self.mesh.shape[self.axis]
 
-    def per_device(key, x0, x1):
+    def per_device(key, x0, x1, *y1):
       i0, i1 = 0, 0
       if n > 1:
         d = jax.lax.axis_index(self.axis)
         key = jax.random.fold_in(key, d)
         i0, i1 = d * x0.shape[0], d * x1.shape[0]  # shard-local -> global indices
-      j0, j1, info = self.coupling(key, x0, x1)
+      j0, j1, info = self.coupling(key, x0, x1, *y1)
       return (j0 + i0).astype(jnp.int32), (j1 + i1).astype(jnp.int32), _combine(info, self.axis)
 
     spec = P(self.axis)
     # check_vma=False: solvers with data-dependent control flow (ott's Sinkhorn) do not carry
     # varying-axis annotations; the replicated outputs are the collectives of `_combine`.
-    return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), spec, spec),
-                         out_specs=(spec, spec, P()), check_vma=False)(key, x0, x1)
+    return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(),) + (spec,) * len(args),
+                         out_specs=(spec, spec, P()), check_vma=False)(key, *args)

@@ -51,7 +51,8 @@ key = jax.random.PRNGKey(3)
 x0 = jax.random.normal(jax.random.PRNGKey(4), (64, 3))
 x1 = jax.random.normal(jax.random.PRNGKey(5), (64, 3)) * 2.0 + 1.0
 shards = NamedSharding(mesh, P("data"))
-for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
+for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5}), ("unbalanced", {"reg_m": 0.5}),
+                 ("partial", {"mass": 0.7, "replace": True})):
   plain = jax.jit(fm.couplings.make(name, **kw))
   scoped = jax.jit(fm.couplings.make(name, mesh=mesh, **kw))
   calls.clear()
@@ -82,6 +83,25 @@ for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
     np.testing.assert_array_equal(np.asarray(c1)[s], np.asarray(d1))
     costs.append(float(dinfo["cost_after"]))
   np.testing.assert_allclose(float(cinfo["cost_after"]), np.mean(costs), rtol=1e-6)
+
+# 4. condition="within_class": the labels travel with x1; global == one device, local == per shard.
+y1 = jnp.asarray(np.arange(64) % 3)
+for name, kw in (("exact", {}), ("sinkhorn", {}), ("partial", {"mass": 0.7})):
+  plain = jax.jit(fm.couplings.make(name, condition="within_class", **kw))
+  a = plain(key, jax.device_put(x0, one), jax.device_put(x1, one), jax.device_put(y1, one))
+  for scope in ("global", "local"):
+    b = jax.jit(fm.couplings.make(name, mesh=mesh, scope=scope, condition="within_class", **kw))(
+        key, jax.device_put(x0, shards), jax.device_put(x1, shards), jax.device_put(y1, shards))
+    if scope == "global":
+      np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+      np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+      continue
+    for i in range(4):
+      s = slice(16 * i, 16 * (i + 1))
+      d = plain(jax.random.fold_in(key, i), jax.device_put(x0[s], one), jax.device_put(x1[s], one),
+                jax.device_put(y1[s], one))
+      np.testing.assert_array_equal(np.asarray(b[1])[s], np.asarray(d[1]) + 16 * i)
+      np.testing.assert_array_equal(np.asarray(b[0])[s], np.asarray(d[0]) + 16 * i)
 print("OK")
 """
 
