@@ -79,7 +79,8 @@ class Method:
       coupling's info, e.g. `cost_before`, `cost_after`).
     """
     k_couple, k_t, k_eps = jax.random.split(key, 3)
-    i0, i1, info = self.coupling(k_couple, x0, x1)
+    # The labels travel with x1: a condition-aware coupling (coupling.condition) pairs inside their classes.
+    i0, i1, info = self.coupling(k_couple, x0, x1) if y1 is None else self.coupling(k_couple, x0, x1, y1=y1)
     x0, (x1, y1) = couplings.apply(i0, i1, x0, (x1, y1))
     if y1 is not None:
       extras = {**extras, "y": y1}
