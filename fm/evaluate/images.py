@@ -1,7 +1,7 @@
 """Image runs: sample grids, batched sampling into `.npz`/PNGs, the training-time grid.
 
 Samples are pushed from x0 ~ N(0, I) to t = 1 with the EMA parameters and mapped
-to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`sampling.to_uint8`).
+to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`fm.data.images.to_uint8`).
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import numpy as np
 
 from fm import data as data_lib
 from fm import provenance
+from fm.data import images as images_lib
 from fm.evaluate import sampling
 from fm.train import partitioning, run as run_lib
 from fm.train import workdir as workdir_lib
+from fm.io import files
 
 __all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
 
@@ -32,7 +34,7 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) 
 
 
 def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> None:
-  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`)."""
+  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`), process 0 only."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = make_grid(images, cols)
   if grid.shape[-1] == 1:
@@ -40,9 +42,7 @@ def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> N
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  files.write_png(path, img)   # process 0 only
 
 
 def grid_noise_key(seed: int) -> jax.Array:
@@ -68,23 +68,20 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
   run, params, step = run_lib.load(workdir, step)
   samples, info = sampling.sample(
       run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
-      solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
+      solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8, progress=progress,
       desc=f"sampling ({solver})", max_steps=max_steps)
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
             "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"],
             **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
-  if partitioning.is_writer():  # every process sampled (its shards) and holds all samples
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, **record)
-    os.replace(tmp, out)
-    save_grid(png, samples[:64])
-  if png_dir and partitioning.is_writer():
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+  # every process sampled (its shards) and holds all samples; process 0 writes them
+  files.write_npz(out, **record)
+  save_grid(png, samples[:64])
+  if png_dir and files.is_writer():
     os.makedirs(png_dir, exist_ok=True)
     for i, img in enumerate(samples):
-      Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(png_dir, f"{i:06d}.png"))
+      files.write_png(os.path.join(png_dir, f"{i:06d}.png"), img)
   return {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
           "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
 
@@ -104,9 +101,8 @@ class GridEvaluator:
     if isinstance(leaf.sharding, jax.sharding.NamedSharding):  # shard over the training mesh
       x0 = partitioning.put(x0, partitioning.sharding_for_batch(leaf.sharding.mesh, len(x0)))
     x1, info = sampling.generate(self.run.model, ema_params, x0, "euler", steps=self.steps)
-    images = sampling.to_uint8(partitioning.to_host(x1))
-    if partitioning.is_writer():
-      save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
+    images = images_lib.to_uint8(partitioning.to_host(x1))
+    save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
     if writer is not None:
       writer.image("samples/euler", make_grid(images), step)
     return {"grid_nfe": float(info["nfe"])}

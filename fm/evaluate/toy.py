@@ -30,6 +30,7 @@ import numpy as np
 from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
+from fm.io import files
 from fm.train import partitioning, run as run_lib
 from fm.train import workdir as workdir_lib
 
@@ -195,10 +196,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
             "max_steps": -1 if max_steps is None else max_steps, "success": success,
             **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
-  if partitioning.is_writer():
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, **record)
-    os.replace(tmp, out)
+  if files.write_npz(out, **record):   # process 0
     reference = np.asarray(toys.sample(target, eval_keys(seed)[1], num))
     title = f"{run.config.method} {run.config.data.task}: {solver}, NFE {record['nfe']}"
     if not success:

@@ -20,6 +20,7 @@ import optax
 
 from fm import methods, models
 from fm import config as config_lib
+from fm.io import files
 from fm.train import checkpoint, partitioning, state as state_lib
 
 __all__ = ["Run", "build", "load", "check_workdir", "velocity", "model_kwargs", "method_kwargs",
@@ -91,10 +92,7 @@ def write_source_info(workdir: str, source) -> None:
   """Records the training data's shape, kind and provenance in `workdir/source.json`."""
   info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
           "description": source.description}
-  path = os.path.join(workdir, SOURCE_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(os.path.join(workdir, SOURCE_FILE), info)   # process 0
 
 
 def read_source_info(workdir: str) -> dict[str, Any]:
