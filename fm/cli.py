@@ -59,6 +59,11 @@ def _train(args, overrides):
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides, workdir_fallback=True)
   config_lib.validate(config)   # before importing the trainer: bad values are answered at once
+  from fm.evaluate import registry  # pylint: disable=g-import-not-at-top
+  try:
+    registry.check_config(config)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
   from fm import train  # pylint: disable=g-import-not-at-top
   train.prepare(config, args.workdir)
   result = train.train_and_evaluate(config, args.workdir)
@@ -142,10 +147,10 @@ def _eval(args, overrides):
   del overrides
   workdir_lib.check_run(args.workdir)   # path problems first: they need no JAX
   workdir_lib.check_writable_dir(args.workdir, "workdir")
-  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import registry, runner  # pylint: disable=g-import-not-at-top
   from fm.train import run  # pylint: disable=g-import-not-at-top
   kind = run.read_source_info(args.workdir)["kind"]
-  metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+  metrics = registry.parse(args.metrics)
   opts = runner.Options(
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
@@ -170,6 +175,8 @@ def _eval(args, overrides):
   print(json.dumps(results, indent=2))
   for why in skipped.values():
     print(why)
+  if results:
+    print(f"results in {os.path.join(args.workdir, 'eval.jsonl')} ({len(results)} record(s) appended)")
   for rec in results:
     if rec.get("success") is False:
       print(f"fm: warning: {rec.get('solver', 'the solver')} stopped before reaching the end of the interval for "
@@ -212,6 +219,9 @@ def _sweep(args, overrides):
   _, failures = sweep.run_sweep(config, args.workdir, grid)
   with open(os.path.join(args.workdir, "table.md")) as f:
     print(f.read(), end="")
+  figure = os.path.join(args.workdir, "figure.png")
+  print(f"results in {os.path.join(args.workdir, 'table.md')}, table.csv"
+        + (", figure.png" if os.path.exists(figure) else "") + " and one workdir per point")
   if failures:
     print(f"fm: error: {len(failures)} sweep point(s) failed ({'; '.join(l for l, _ in failures)}), see "
           f"{os.path.join(args.workdir, 'table.md')}", file=sys.stderr)

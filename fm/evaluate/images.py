@@ -16,10 +16,9 @@ from fm import provenance
 from fm.data import images as images_lib
 from fm.evaluate import sampling
 from fm.train import partitioning, run as run_lib
-from fm.train import workdir as workdir_lib
 from fm.io import files
 
-__all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
+__all__ = ["make_grid", "save_grid", "sample_workdir", "sample_run", "GridEvaluator", "grid_noise_key"]
 
 
 def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -50,24 +49,31 @@ def grid_noise_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 0x6121D)
 
 
-def _x0_sampler(workdir: str, run: run_lib.Run):
-  name, options = data_lib.split_options(run_lib.load_config(workdir).data.to_dict())
-  return data_lib.x0_sampler(name, run.shape, **options)
-
-
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
                    max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+  """Samples checkpoint `step` (default: the latest) of an image run; see `sample_run`."""
+  run, params, step = run_lib.load(workdir, step)
+  return sample_run(run, params, step, out, solver, num=num, seed=seed, rtol=rtol, atol=atol, steps=steps,
+                    batch_size=batch_size, png_dir=png_dir, max_steps=max_steps, progress=progress)
+
+
+def sample_run(run: run_lib.Run, params, step: int, out: str, solver: str = "dopri5", num: int = 64,
+               seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+               batch_size: int = 256, png_dir: str | None = None, max_steps: int | None = None,
+               progress: bool = True) -> dict[str, Any]:
   """Samples an image run into `out` (.npz) and an 8x8 grid `out.png`; optional one PNG per image.
 
   The npz holds `samples` uint8 `[num, H, W, C]`, `nfe_total`, `nfe_per_batch`,
   `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
-  `success` (False if any dopri5 batch hit its step limit).
+  `success` (False if any dopri5 batch hit its step limit). Sample i starts
+  from the noise of key `fold_in(PRNGKey(seed), i)` (`sampling.sample`).
   """
-  run, params, step = run_lib.load(workdir, step)
+  name, options = data_lib.split_options(run.config.data.to_dict())
+  sample_x0 = data_lib.x0_sampler(name, run.shape, **options)
   samples, info = sampling.sample(
-      run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
+      run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
       solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8, progress=progress,
       desc=f"sampling ({solver})", max_steps=max_steps)
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
@@ -106,27 +112,3 @@ class GridEvaluator:
     if writer is not None:
       writer.image("samples/euler", make_grid(images), step)
     return {"grid_nfe": float(info["nfe"])}
-
-
-
-def evaluate_workdir(workdir: str) -> dict[str, Any]:
-  """End-of-training evaluation of an image run: dopri5 samples, their NFE and a grid; `eval.json`.
-
-  `eval.num_samples` samples from `eval.seed` at `eval.rtol` / `eval.atol` go to
-  `workdir/samples/eval_<step>.npz` with the grid beside it.
-  """
-  import json  # pylint: disable=g-import-not-at-top
-  config = run_lib.load_config(workdir)
-  ec = config.eval
-  step = run_lib.check_workdir(workdir)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  out = os.path.join(workdir, "samples", f"eval_{step:08d}.npz")
-  info = sample_workdir(workdir, out, "dopri5", num=ec.num_samples, seed=ec.seed, rtol=ec.rtol,
-                        atol=ec.atol, batch_size=ec.get("batch_size", 256), progress=False)
-  result = {"step": step, "method": config.method, "data": run_lib.read_source_info(workdir)["description"],
-            "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
-            "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
-            "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
-  result.setdefault("provenance", provenance.record())
-  workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
-  return result
