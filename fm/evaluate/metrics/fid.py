@@ -22,7 +22,7 @@ def inception(ctx: Context) -> dict[str, Any]:
 
 
 class FID(Metric):
-  """FID of `num` generated images (default 50 000) against reference statistics `(mu, sigma)`.
+  """FID of `num` generated images (default `eval.fid_num`, else 50 000) against reference statistics `(mu, sigma)`.
 
   The reference is `--fid-stats` (an .npz with mu, sigma) or computed from the
   run's training source once and cached (`fm.evaluate.reference`).
@@ -43,7 +43,7 @@ class FID(Metric):
       raise ValueError(f"--inception {opts.inception!r} is a directory; pass the weights file")
 
   def default_num(self, ctx: Context) -> int:
-    return 50_000
+    return ctx.eval_config.get("fid_num", 50_000)
 
   def prepare(self, ctx: Context) -> str | None:
     net = inception(ctx)

@@ -1,0 +1,61 @@
+"""`fm eval` on 2 processes (jax.distributed over localhost, gloo): each record once, eval.json intact.
+
+Both processes compute every metric (the samples are sharded over both); only
+process 0 appends to eval.jsonl and writes files (`fm.io.files`). The numbers
+equal those of one process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from fm.evaluate import records
+from train.helpers import PYTHON, subprocess_env, trained_run  # noqa: F401
+
+METRICS = ("w2", "path_energy", "nll")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _eval(workdir: str, processes: int) -> None:
+  env = subprocess_env()
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("JAX_COORDINATOR_ADDRESS", None)
+  port, procs = _free_port(), []
+  for pid in range(processes):
+    dist = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+            "--process-id", str(pid)] if processes > 1 else []
+    procs.append(subprocess.Popen(
+        [PYTHON, "-m", "fm", "eval", "--workdir", workdir, "--metrics", ",".join(METRICS), "--num", "32", *dist],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "results in" in outs[0][0]
+
+
+def test_two_process_eval_writes_each_record_once(trained_run, tmp_path):  # noqa: F811
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  with open(os.path.join(workdir, "eval.json"), "rb") as f:
+    view = f.read()
+  before = records.read(workdir)
+  _eval(workdir, processes=2)
+  two = records.read(workdir)[len(before):]
+  assert [r["metric"] for r in two] == list(METRICS)   # once each: process 1 appended nothing
+  with open(os.path.join(workdir, "eval.json"), "rb") as f:
+    assert f.read() == view   # fm eval appends records; the end-of-training view is untouched
+  assert sorted(os.listdir(workdir)) == sorted(os.listdir(trained_run))   # no temporaries, no stray files
+  _eval(workdir, processes=1)
+  one = records.read(workdir)[len(before) + len(METRICS):]
+  for a, b in zip(two, one):
+    assert a["metric"] == b["metric"] and a["nfe"] == b["nfe"]
+    assert a["value"] == pytest.approx(b["value"], rel=1e-5, abs=1e-6)
