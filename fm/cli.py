@@ -230,7 +230,7 @@ def _sweep(args, overrides):
 
 
 def _import_torchcfm(args, overrides):
-  from fm.io import torchcfm  # pylint: disable=g-import-not-at-top
+  from fm import torchcfm  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides, workdir_fallback=False)
   try:
     shape = tuple(int(s) for s in args.image_shape.split(","))
