@@ -172,11 +172,14 @@ def _eval(args, overrides):
           f"{os.path.join(args.workdir, 'eval.jsonl')}")
     return
   results, skipped = runner.evaluate(args.workdir, opts)
+  if not results and skipped:
+    raise UsageError(f"nothing to evaluate: {' '.join(skipped.values())}")
   print(json.dumps(results, indent=2))
   for why in skipped.values():
     print(why)
   if results:
-    print(f"results in {os.path.join(args.workdir, 'eval.jsonl')} ({len(results)} record(s) appended)")
+    print(f"results in {os.path.join(args.workdir, 'eval.jsonl')} ({len(results)} record(s) appended)",
+          file=sys.stderr)   # stdout stays the records' JSON
   for rec in results:
     if rec.get("success") is False:
       print(f"fm: warning: {rec.get('solver', 'the solver')} stopped before reaching the end of the interval for "

@@ -106,3 +106,19 @@ def test_adding_a_metric_is_one_class_and_one_registry_entry(trained_run, tmp_pa
   assert "fm_commit" in rec and "time" in rec
   code = cli.main(["eval", "--workdir", workdir, "--nfe-sweep", "euler:1,2", "--metrics", "nearest"])
   assert code == 0 and os.path.exists(os.path.join(workdir, "nfe_sweep_euler.csv"))
+
+
+class Unavailable(Nearest):
+  name = "unavailable"
+
+  def prepare(self, ctx):
+    return "unavailable skipped: this run has no such thing."
+
+
+def test_nothing_computable_exits_2(trained_run, monkeypatch, capsys):  # noqa: F811
+  monkeypatch.setitem(registry.METRICS, "unavailable", Unavailable)
+  n = len(records.read(trained_run))
+  code = cli.main(["eval", "--workdir", trained_run, "--metrics", "unavailable"])
+  err = capsys.readouterr().err
+  assert code == 2 and "nothing to evaluate: unavailable skipped: this run has no such thing." in err
+  assert len(records.read(trained_run)) == n
