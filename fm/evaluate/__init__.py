@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from fm import recipe
 from fm.evaluate import plots, sampling, toy
 from fm.evaluate.sampling import generate
 from fm.evaluate.toy import evaluate, trajectories
@@ -20,8 +21,7 @@ __all__ = ["plots", "sampling", "toy", "evaluate", "evaluate_workdir", "generate
 
 def kind(workdir: str) -> str:
   """"points" or "images": the kind of data a run was trained on."""
-  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  return run_lib.read_source_info(workdir)["kind"]
+  return recipe.read_source_info(workdir)["kind"]
 
 
 def evaluate_workdir(workdir: str, loaded: tuple | None = None) -> dict:

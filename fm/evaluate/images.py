@@ -11,12 +11,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from fm import data as data_lib
 from fm import provenance
 from fm.data import images as images_lib
 from fm.evaluate import sampling
-from fm.train import partitioning, run as run_lib
+from fm import recipe
 from fm.io import files
+from fm.train import partitioning
 
 __all__ = ["make_grid", "save_grid", "sample_workdir", "sample_run", "GridEvaluator", "grid_noise_key"]
 
@@ -54,12 +54,12 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
                    batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
                    max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
   """Samples checkpoint `step` (default: the latest) of an image run; see `sample_run`."""
-  run, params, step = run_lib.load(workdir, step)
+  run, params, step = recipe.load(workdir, step)
   return sample_run(run, params, step, out, solver, num=num, seed=seed, rtol=rtol, atol=atol, steps=steps,
                     batch_size=batch_size, png_dir=png_dir, max_steps=max_steps, progress=progress)
 
 
-def sample_run(run: run_lib.Run, params, step: int, out: str, solver: str = "dopri5", num: int = 64,
+def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopri5", num: int = 64,
                seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                batch_size: int = 256, png_dir: str | None = None, max_steps: int | None = None,
                progress: bool = True) -> dict[str, Any]:
@@ -70,8 +70,7 @@ def sample_run(run: run_lib.Run, params, step: int, out: str, solver: str = "dop
   `success` (False if any dopri5 batch hit its step limit). Sample i starts
   from the noise of key `fold_in(PRNGKey(seed), i)` (`sampling.sample`).
   """
-  name, options = data_lib.split_options(run.config.data.to_dict())
-  sample_x0 = data_lib.x0_sampler(name, run.shape, **options)
+  sample_x0 = recipe.x0_sampler(run.config, run.shape)
   samples, info = sampling.sample(
       run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
       solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8, progress=progress,
@@ -95,7 +94,7 @@ def sample_run(run: run_lib.Run, params, step: int, out: str, solver: str = "dop
 class GridEvaluator:
   """During training: a fixed-noise sample grid (Euler, EMA params) as PNG and to TensorBoard."""
 
-  def __init__(self, run: run_lib.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
+  def __init__(self, run: recipe.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
                seed: int = 0):
     self.run, self.workdir, self.steps = run, workdir, steps
     self.x0 = np.asarray(sampling.initial_points(sample_x0, grid_noise_key(seed), 0, num))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, ClassVar
 
-from fm.train import run as run_lib
+from fm import recipe
 
 __all__ = ["Options", "Context", "Metric"]
 
@@ -58,8 +58,8 @@ class Context:
 
   def __init__(self, workdir: str, opts: Options, loaded: tuple | None = None):
     self.workdir, self.opts = workdir, opts
-    self.run, self.params, self.step = loaded if loaded is not None else run_lib.load(workdir, opts.step)
-    info = run_lib.read_source_info(workdir)
+    self.run, self.params, self.step = loaded if loaded is not None else recipe.load(workdir, opts.step)
+    info = recipe.read_source_info(workdir)
     self.kind = info["kind"]
     self.eval_config = ec = self.run.config.eval
     self.seed = ec.seed if opts.seed is None else opts.seed

@@ -10,6 +10,7 @@ metrics are computed and listed.
 """
 from __future__ import annotations
 
+from fm import errors
 from fm.evaluate.metric import Metric, Options
 from fm.evaluate.metrics import bpd, fid, grid, nll, path_energy, w2
 
@@ -75,8 +76,11 @@ def at_end(kind: str, eval_metrics: str | None) -> tuple[str, ...]:
 
 
 def check_config(config) -> None:
-  """ValueError (one sentence) unless `config.eval.metrics` names metrics of the run's kind; touches nothing."""
+  """`fm.errors.UserError` (one sentence) unless `config.eval.metrics` names metrics of the run's kind."""
   from fm import data as data_lib  # pylint: disable=g-import-not-at-top
   name = config.data.get("name", "toy") if "data" in config else "toy"
   if name in data_lib.KINDS and "eval" in config:
-    at_end(data_lib.KINDS[name], config.eval.get("metrics"))
+    try:
+      at_end(data_lib.KINDS[name], config.eval.get("metrics"))
+    except ValueError as e:
+      raise errors.UserError(str(e)) from None

@@ -29,7 +29,7 @@ from fm import likelihood, provenance, solvers
 from fm.evaluate import nfe_sweep, records, registry
 from fm.evaluate.metric import Context, Options
 from fm.io import files
-from fm.train import run as run_lib
+from fm import recipe
 
 __all__ = ["Options", "EVAL_JSON", "check", "evaluate", "sweep", "evaluate_at_end", "up_to_date", "read_view"]
 
@@ -93,7 +93,7 @@ def _compute(ctx: Context, metric, solver: str, rtol: float | None = None, atol:
 
 def evaluate(workdir: str, opts: Options) -> tuple[list[dict[str, Any]], dict[str, str]]:
   """Computes the chosen metrics and appends each to `eval.jsonl`; returns `(records, skipped)`."""
-  names = check(run_lib.read_source_info(workdir)["kind"], opts)
+  names = check(recipe.read_source_info(workdir)["kind"], opts)
   ctx = Context(workdir, opts)
   ready, skipped = _ready(ctx, names)
   return [_compute(ctx, m, opts.solver, steps=opts.steps) for m in ready.values()], skipped
@@ -103,7 +103,7 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
   """Metrics at each point of `spec` ("euler:1,2,5"); appends every record to `eval.jsonl` and writes
   `nfe_sweep_<solver>.{md,csv,png}`. Returns `(rows, paths, skipped)`; no paths if nothing could run.
   """
-  kind = run_lib.read_source_info(workdir)["kind"]
+  kind = recipe.read_source_info(workdir)["kind"]
   names = check(kind, opts, spec)
   solver, values = nfe_sweep.parse(spec)
   ctx = Context(workdir, opts)
@@ -185,6 +185,6 @@ def up_to_date(workdir: str, step: int) -> dict[str, Any] | None:
   result = read_view(workdir)
   if result is None or result.get("step") != step:
     return None
-  if result.get("eval_settings") != run_lib.load_config(workdir).eval.to_dict():
+  if result.get("eval_settings") != recipe.read_config(workdir).eval.to_dict():
     return None
   return result

@@ -30,8 +30,9 @@ import numpy as np
 from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
+from fm import recipe
 from fm.io import files
-from fm.train import partitioning, run as run_lib
+from fm.train import partitioning
 
 _w2 = jax.jit(metrics.w2)
 
@@ -128,7 +129,7 @@ def nll_unavailable(task: str) -> str | None:
 @functools.partial(jax.jit, static_argnames=("model", "source", "divergence", "num_probes", "solver", "rtol",
                                              "atol", "steps"))
 def _log_prob(model, params, y, key, source, divergence, num_probes, solver, rtol, atol, steps):
-  v = run_lib.velocity(model, params)
+  v = recipe.velocity(model, params)
   logp, info = likelihood.log_prob(v, y, key=key, divergence=divergence, num_probes=num_probes,
                                    solver=solver, rtol=rtol, atol=atol, steps=steps,
                                    log_p0=lambda x: toys.log_prob(source, x))
@@ -171,7 +172,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   """
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
   del unused
-  run, params, step = run_lib.load(workdir, step)
+  run, params, step = recipe.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
   x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
   x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps,
@@ -194,7 +195,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
 
 def trajectories(workdir: str, num: int = 256, steps: int = 100, seed: int = 0) -> np.ndarray:
   """Euler trajectories `[steps + 1, num, 2]` of a run, for figures."""
-  run, params, _ = run_lib.load(workdir)
+  run, params, _ = recipe.load(workdir)
   source, _ = toys.parse_task(run.config.data.task)
   x0 = np.asarray(toys.sample(source, eval_keys(seed)[0], num))
   _, info = generate(run.model, params, _sharded(x0, params), "euler", steps=steps, save_trajectory=True)

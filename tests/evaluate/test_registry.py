@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fm import cli
+from fm import cli, recipe
 from fm.data import toys
 from fm.evaluate import records, registry, runner, sampling, toy
 from fm.evaluate.metric import Metric
@@ -39,7 +39,7 @@ def test_eval_json_is_the_view_of_the_end_of_training_records(trained_run):  # n
   assert view["path_energy"] == pe["value"] and view["w2_euler"] == pe["w2_euler"]
   assert pe["solver"] == "euler" and pe["steps"] == view["euler_steps"] and w2["rtol"] == view["rtol"]
   # The same numbers as the one-call toy evaluation of earlier fm versions' eval.json.
-  run, params, _ = runner.run_lib.load(trained_run)
+  run, params, _ = recipe.load(trained_run)
   ec = run.config.eval
   old = toy.evaluate(run.model, params, run.config.data.task, ec.num_samples, ec.seed, ec.rtol, ec.atol,
                      ec.euler_steps)
@@ -91,11 +91,11 @@ def test_adding_a_metric_is_one_class_and_one_registry_entry(trained_run, tmp_pa
   assert code == 0, capsys.readouterr().err
   (rec,) = records.read(workdir)[n:]
   # By hand: Euler with 4 steps of the same flow from the same source points.
-  run, params, step = runner.run_lib.load(workdir)
+  run, params, step = recipe.load(workdir)
   source, target = toys.parse_task(run.config.data.task)
   k_src, k_tgt = toy.eval_keys(3)
   x = np.asarray(toys.sample(source, k_src, 16), np.float64)
-  v = runner.run_lib.velocity(run.model, params)
+  v = recipe.velocity(run.model, params)
   for i in range(4):
     x = x + 0.25 * np.asarray(v(i * 0.25, x.astype(np.float32)), np.float64)
   y = np.asarray(toys.sample(target, k_tgt, 16), np.float64)

@@ -5,6 +5,7 @@ import os
 import pathlib
 from typing import Any
 
+from fm import recipe
 from fm.evaluate import fid, image_metrics, records, reference
 from fm.evaluate.metric import Context, Metric, Options
 
@@ -59,9 +60,7 @@ class FID(Metric):
     return None
 
   def compute(self, ctx: Context, solver: str, rtol: float, atol: float, steps: int | None) -> dict[str, Any]:
-    from fm import data as data_lib  # pylint: disable=g-import-not-at-top
-    name, options = data_lib.split_options(ctx.run.config.data.to_dict())
-    sample_x0 = data_lib.x0_sampler(name, ctx.run.shape, **options)
+    sample_x0 = recipe.x0_sampler(ctx.run.config, ctx.run.shape)
     out = image_metrics.fid_of_run(
         ctx.run, ctx.params, sample_x0, inception(ctx)["params"], self.mu, self.sigma, num=ctx.num(self),
         seed=ctx.seed, batch_size=ctx.batch_size, fid_batch_size=ctx.opts.fid_batch_size,
