@@ -133,9 +133,11 @@ def test_image_sweep_tiny_over_seeds(tmp_path, monkeypatch):
 def test_image_smoke_config_sweep_two_couplings(tmp_path, capsys):
   """`fm sweep --config configs/cifar10.py:smoke` over two couplings on the CIFAR-10 JPEG copy (few steps)."""
   from fm import cli
-  path = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
-  if not os.path.exists(path):
-    pytest.skip(f"no image data at {path}")
+  # beside the checkout (../shared), or beside a worktree's parent (../../shared)
+  candidates = [os.path.join(ROOT, *[".."] * up, "shared", "data", "cifar10-jpeg.tar.gz") for up in (1, 2)]
+  path = next((p for p in candidates if os.path.exists(p)), None)
+  if path is None:
+    pytest.skip(f"no image data at {candidates[0]}")
   workdir = str(tmp_path / "sweep")
   code = cli.main(["sweep", "--config", os.path.join(ROOT, "configs", "cifar10.py") + ":smoke",
                    "--workdir", workdir, "--grid", "method=icfm,otcfm", f"--config.data.path={os.path.abspath(path)}",
