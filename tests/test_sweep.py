@@ -92,15 +92,15 @@ def _tiny_image_config(tmp_path, monkeypatch):
       ("eval.rtol", "1e-2"), ("eval.atol", "1e-2")])
 
 
-def _check_image_sweep(workdir, methods, seeds):
+def _check_image_sweep(workdir, couplings, seeds):
   md = open(os.path.join(workdir, "table.md")).read()
-  assert "| method | n | NFE (dopri5) | FID | final loss |" in md
-  table = {r["method"]: r for r in _read_csv(os.path.join(workdir, "table.csv"))}
-  assert list(table) == methods
-  for method in methods:
+  assert "| coupling.name | n | NFE (dopri5) | FID | final loss |" in md
+  table = {r["coupling.name"]: r for r in _read_csv(os.path.join(workdir, "table.csv"))}
+  assert list(table) == couplings
+  for method in couplings:
     fids = []
     for seed in seeds:
-      with open(os.path.join(workdir, f"method-{method}_seed-{seed}", "eval.json")) as f:
+      with open(os.path.join(workdir, f"coupling.name-{method}_seed-{seed}", "eval.json")) as f:
         view = json.load(f)
       assert view["records"]["fid"]["num_samples"] == 8 and view["samples"].startswith("samples/eval_")
       fids.append(view["fid"])
@@ -111,12 +111,12 @@ def _check_image_sweep(workdir, methods, seeds):
 
 
 def test_image_sweep_tiny(tmp_path, monkeypatch):
-  """The image path of `fm sweep` (the issue-16 crash), two couplings: the table's FID is the points' eval.json's."""
+  """The image path of `fm sweep` (the issue-16 crash) over two couplings: the table's FID is the points' eval.json's."""
   config = _tiny_image_config(tmp_path, monkeypatch)
   workdir = str(tmp_path / "sweep")
-  rows, failures = sweep.run_sweep(config, workdir, {"method": ["icfm", "otcfm"], "seed": ["0"]})
+  rows, failures = sweep.run_sweep(config, workdir, {"coupling.name": ["independent", "exact"], "seed": ["0"]})
   assert not failures and len(rows) == 2
-  _check_image_sweep(workdir, ["icfm", "otcfm"], ["0"])
+  _check_image_sweep(workdir, ["independent", "exact"], ["0"])
 
 
 @pytest.mark.slow
@@ -124,9 +124,9 @@ def test_image_sweep_tiny_over_seeds(tmp_path, monkeypatch):
   """As above over two seeds: mean and sample std of each configuration's two points."""
   config = _tiny_image_config(tmp_path, monkeypatch)
   workdir = str(tmp_path / "sweep")
-  _, failures = sweep.run_sweep(config, workdir, {"method": ["icfm", "otcfm"], "seed": ["0", "1"]})
+  _, failures = sweep.run_sweep(config, workdir, {"coupling.name": ["independent", "exact"], "seed": ["0", "1"]})
   assert not failures
-  _check_image_sweep(workdir, ["icfm", "otcfm"], ["0", "1"])
+  _check_image_sweep(workdir, ["independent", "exact"], ["0", "1"])
 
 
 @pytest.mark.slow
@@ -140,14 +140,15 @@ def test_image_smoke_config_sweep_two_couplings(tmp_path, capsys):
     pytest.skip(f"no image data at {candidates[0]}")
   workdir = str(tmp_path / "sweep")
   code = cli.main(["sweep", "--config", os.path.join(ROOT, "configs", "cifar10.py") + ":smoke",
-                   "--workdir", workdir, "--grid", "method=icfm,otcfm", f"--config.data.path={os.path.abspath(path)}",
+                   "--workdir", workdir, "--grid", "coupling.name=independent,exact",
+                   f"--config.data.path={os.path.abspath(path)}",
                    "--config.data.limit=64", "--config.train.steps=4", "--config.train.batch_size=8",
                    "--config.train.steps_per_call=2", "--config.train.log_every=2",
                    "--config.train.checkpoint_every=4", "--config.eval.every=0", "--config.eval.num_samples=8",
                    "--config.eval.rtol=1e-2", "--config.eval.atol=1e-2"])
   out, err = capsys.readouterr()
   assert code == 0, err
-  assert "| method | n | NFE (dopri5) | final loss |" in out and "results in" in out
+  assert "| coupling.name | n | NFE (dopri5) | final loss |" in out and "results in" in out
   rows = _read_csv(os.path.join(workdir, "table.csv"))
-  assert [r["method"] for r in rows] == ["icfm", "otcfm"] and all(float(r["nfe_mean"]) > 0 for r in rows)
+  assert [r["coupling.name"] for r in rows] == ["independent", "exact"] and all(float(r["nfe_mean"]) > 0 for r in rows)
   assert os.path.getsize(os.path.join(workdir, "figure.png")) > 1000
