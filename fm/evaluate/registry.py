@@ -10,6 +10,7 @@ metrics are computed and listed.
 """
 from __future__ import annotations
 
+from fm import config as config_lib
 from fm import errors
 from fm.evaluate.metric import Metric, Options
 from fm.evaluate.metrics import bpd, fid, grid, nll, path_energy, w2
@@ -26,8 +27,6 @@ METRICS: dict[str, type[Metric]] = {m.name: m for m in (
 )}
 KINDS = ("points", "images")
 _KIND_WORDS = {"points": "toy", "images": "image"}
-# What a run computes when training ends, unless its config sets `eval.metrics`.
-_AT_END = {"points": ("w2", "path_energy"), "images": ("grid",)}
 
 
 def names(kind: str, sweep: bool = False) -> tuple[str, ...]:
@@ -72,7 +71,7 @@ def check(kind: str, metrics: tuple[str, ...] | None, opts: Options | None = Non
 
 def at_end(kind: str, eval_metrics: str | None) -> tuple[str, ...]:
   """The end-of-training metrics: `config.eval.metrics` ("w2,path_energy"), else the kind's default."""
-  return check(kind, parse(eval_metrics) or _AT_END[kind], what="eval.metrics")
+  return check(kind, parse(eval_metrics) or parse(config_lib.AT_END_METRICS[kind]), what="eval.metrics")
 
 
 def check_config(config) -> None:
