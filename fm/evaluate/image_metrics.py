@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fm import likelihood, solvers
+from fm.data import images as images_lib
 from fm.evaluate import fid, sampling
 from fm import recipe
 
@@ -54,7 +55,7 @@ def fid_of_run(run: recipe.Run, params, sample_x0, inception: dict, mu: np.ndarr
   `guidance` and `network_passes` (mean per batch).
   """
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
-                                  solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8,
+                                  solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8,
                                   progress=progress, desc=f"FID samples ({solver})", labels=labels,
                                   guidance=guidance)
   value = frechet_of_samples(samples, inception, mu, sigma, fid_batch_size)

@@ -1,23 +1,25 @@
 """Image runs: sample grids, batched sampling into `.npz`/PNGs, the training-time grid.
 
 Samples are pushed from x0 ~ N(0, I) to t = 1 with the EMA parameters and mapped
-to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`sampling.to_uint8`).
+to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`fm.data.images.to_uint8`).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from fm import provenance
+from fm.data import images as images_lib
 from fm.evaluate import conditional, sampling
 from fm import recipe
+from fm.io import files
 from fm.train import partitioning
-from fm.train import workdir as workdir_lib
 
-__all__ = ["make_grid", "save_grid", "save_class_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
+__all__ = ["make_grid", "save_grid", "save_class_grid", "sample_workdir", "sample_run", "GridEvaluator",
+           "grid_noise_key"]
 
 
 def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -32,7 +34,7 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) 
 
 
 def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> None:
-  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`)."""
+  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`), process 0 only."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = make_grid(images, cols)
   if grid.shape[-1] == 1:
@@ -40,24 +42,22 @@ def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> N
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  files.write_png(path, img)   # process 0 only
 
 
 def save_class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-               per_row: int = 10, scale: int = 2) -> None:
+                    per_row: int = 10, scale: int = 2) -> None:
   """PNG: one row per class present in `labels` (in order of first appearance), its name on the left.
 
   `images` uint8 `[n, H, W, C]`, `labels` `[n]`; each row shows up to `per_row`
-  images of its class.
+  images of its class. Written by process 0 only.
   """
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   order = list(dict.fromkeys(int(k) for k in labels))
-  rows = [images[labels == k][:per_row] for k in order]
-  n, h, w, c = images.shape
+  _, h, w, c = images.shape
   block = np.full((len(order) * per_row, h, w, c), 255, np.uint8)
-  for r, imgs in enumerate(rows):
+  for r, k in enumerate(order):
+    imgs = images[labels == k][:per_row]
     block[r * per_row:r * per_row + len(imgs)] = imgs
   grid = make_grid(block, cols=per_row)
   if grid.shape[-1] == 1:
@@ -70,13 +70,9 @@ def save_class_grid(path: str, images: np.ndarray, labels: np.ndarray, class_nam
   canvas = Image.new("RGB", (img.width + margin, img.height), "white")
   canvas.paste(img, (margin, 0))
   draw = ImageDraw.Draw(canvas)
-  pad = 2 * scale
   for r, name in enumerate(names):
-    y = pad + r * (h + 2) * scale + (h * scale) // 2 - 5
-    draw.text((4, y), name, fill="black")
-  tmp = path + ".tmp.png"
-  canvas.save(tmp)
-  os.replace(tmp, path)
+    draw.text((4, 2 * scale + r * (h + 2) * scale + (h * scale) // 2 - 5), name, fill="black")
+  files.write_png(path, canvas)   # process 0 only
 
 
 def grid_noise_key(seed: int) -> jax.Array:
@@ -84,38 +80,48 @@ def grid_noise_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 0x6121D)
 
 
-def _x0_sampler(workdir: str, run: recipe.Run):
-  return recipe.x0_sampler(recipe.read_config(workdir), run.shape)
-
-
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
                    max_steps: int | None = None, progress: bool = True, classes=None,
                    guidance: float | None = None) -> dict[str, Any]:
+  """Samples checkpoint `step` (default: the latest) of an image run; see `sample_run`."""
+  run, params, step = recipe.load(workdir, step)
+  return sample_run(run, params, step, out, solver, num=num, seed=seed, rtol=rtol, atol=atol, steps=steps,
+                    batch_size=batch_size, png_dir=png_dir, max_steps=max_steps, progress=progress,
+                    classes=classes, guidance=guidance, source_info=recipe.read_source_info(workdir))
+
+
+def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopri5", num: int = 64,
+               seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+               batch_size: int = 256, png_dir: str | None = None, max_steps: int | None = None,
+               progress: bool = True, classes=None, guidance: float | None = None,
+               source_info: dict | None = None) -> dict[str, Any]:
   """Samples an image run into `out` (.npz) and an 8x8 grid `out.png`; optional one PNG per image.
 
   The npz holds `samples` uint8 `[num, H, W, C]`, `nfe_total`, `nfe_per_batch`,
   `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
-  `success` (False if any dopri5 batch hit its step limit). A conditional run
-  also records `labels` `[num]`, `classes` (names), `guidance` and
-  `network_passes_total`: the labels are `classes` (a list: an equal share of
-  each, and the grid has one labelled row per class) or else drawn from the
-  training label distribution; `guidance` defaults to the run's `cond.guidance`.
+  `success` (False if any dopri5 batch hit its step limit). Sample i starts
+  from the noise of key `fold_in(PRNGKey(seed), i)` (`sampling.sample`).
+
+  A conditional run (its `source_info`: the workdir's source.json) also records
+  `labels` `[num]`, `classes` (names), `guidance` and `network_passes_total`:
+  the labels are `classes` (a list: an equal share of each, and the grid has
+  one labelled row per class) or else drawn from the training label
+  distribution; `guidance` defaults to the run's `cond.guidance`.
   """
-  run, params, step = recipe.load(workdir, step)
+  sample_x0 = recipe.x0_sampler(run.config, run.shape)
   labels, extra = None, {}
   if run.model.num_classes:
-    info = recipe.read_source_info(workdir)
     guidance = recipe.cond_settings(run.config)[1] if guidance is None else guidance
     if classes is not None:
       labels = conditional.class_labels(classes, num, run.model.num_classes)
     else:
-      labels = conditional.training_labels(conditional.label_key(seed), num, info["class_probs"])
-    extra = {"labels": labels, "classes": np.asarray(info["classes"]), "guidance": float(guidance)}
+      labels = conditional.training_labels(conditional.label_key(seed), num, source_info["class_probs"])
+    extra = {"labels": labels, "classes": np.asarray(source_info["classes"]), "guidance": float(guidance)}
   samples, info = sampling.sample(
-      run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
-      solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
+      run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
+      solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8, progress=progress,
       desc=f"sampling ({solver})", max_steps=max_steps, labels=labels,
       guidance=1.0 if guidance is None else guidance)
   if labels is not None:
@@ -125,20 +131,16 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
             "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"],
             **extra, **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
-  if partitioning.is_writer():  # every process sampled (its shards) and holds all samples
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, **record)
-    os.replace(tmp, out)
-    if labels is not None and classes is not None:   # one labelled row per class
-      save_class_grid(png, samples, labels, [str(c) for c in extra["classes"]],
-                             per_row=min(10, num // len(classes)))
-    else:
-      save_grid(png, samples[:64])
-  if png_dir and partitioning.is_writer():
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+  # every process sampled (its shards) and holds all samples; process 0 writes them
+  files.write_npz(out, **record)
+  if labels is not None and classes is not None:   # one labelled row per class
+    save_class_grid(png, samples, labels, [str(c) for c in extra["classes"]], per_row=min(10, num // len(classes)))
+  else:
+    save_grid(png, samples[:64])
+  if png_dir and files.is_writer():
     os.makedirs(png_dir, exist_ok=True)
     for i, img in enumerate(samples):
-      Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(png_dir, f"{i:06d}.png"))
+      files.write_png(os.path.join(png_dir, f"{i:06d}.png"), img)
   out_info = {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
               "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
   if labels is not None:
@@ -173,39 +175,13 @@ class GridEvaluator:
       if extra:
         extra["y"] = partitioning.put(self.labels, sharding)
     x1, info = sampling.generate(self.run.model, ema_params, x0, "euler", steps=self.steps, **extra)
-    images = sampling.to_uint8(partitioning.to_host(x1))
+    images = images_lib.to_uint8(partitioning.to_host(x1))
     path = os.path.join(self.workdir, "samples", f"grid_{step:08d}.png")
-    if partitioning.is_writer():
-      if self.labels is not None:
-        names = self.class_names or [str(k) for k in range(self.run.model.num_classes)]
-        save_class_grid(path, images, self.labels, names, per_row=self.cols)
-      else:
-        save_grid(path, images)
+    if self.labels is not None:
+      names = self.class_names or [str(k) for k in range(self.run.model.num_classes)]
+      save_class_grid(path, images, self.labels, names, per_row=self.cols)
+    else:
+      save_grid(path, images)
     if writer is not None:
       writer.image("samples/euler", make_grid(images, cols=self.cols if self.labels is not None else 8), step)
     return {"grid_nfe": float(info["nfe"])}
-
-
-
-def evaluate_workdir(workdir: str) -> dict[str, Any]:
-  """End-of-training evaluation of an image run: dopri5 samples, their NFE and a grid; `eval.json`.
-
-  `eval.num_samples` samples from `eval.seed` at `eval.rtol` / `eval.atol` go to
-  `workdir/samples/eval_<step>.npz` with the grid beside it.
-  """
-  import json  # pylint: disable=g-import-not-at-top
-  config = recipe.read_config(workdir)
-  ec = config.eval
-  step = recipe.check_run(workdir)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  out = os.path.join(workdir, "samples", f"eval_{step:08d}.npz")
-  info = sample_workdir(workdir, out, "dopri5", num=ec.num_samples, seed=ec.seed, rtol=ec.rtol,
-                        atol=ec.atol, batch_size=ec.get("batch_size", 256), progress=False)
-  result = {"step": step, "method": config.method, "data": recipe.read_source_info(workdir)["description"],
-            "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
-            "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
-            "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
-  result.update({k: info[k] for k in ("guidance", "network_passes") if k in info})   # conditional runs
-  result.setdefault("provenance", provenance.record())
-  workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
-  return result
