@@ -40,7 +40,8 @@ def _inputs(shape, n=6):
   return x, y
 
 
-@pytest.mark.parametrize("name", ["mlp", "unet", "dit"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("unet", marks=pytest.mark.slow),
+                                  pytest.param("dit", marks=pytest.mark.slow)])
 def test_guidance_zero_and_one_are_the_unconditional_and_conditional_fields_exactly(name):
   model, params, shape = _net(name)
   x, y = _inputs(shape)
