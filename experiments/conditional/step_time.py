@@ -2,11 +2,14 @@
 
   .venv/bin/python experiments/conditional/step_time.py [--conditional] [--config configs/cifar10.py:smoke]
 
-Builds the trainer's own `multi_step` through `fm.train.loop` internals used by
-`_train`, compiles it once, then times `--chunks` dispatches of `--steps` steps
-each and prints the median steps/s. Used for issue 14's "no speed cost" check.
+Builds the trainer's own `multi_step` (`fm.recipe` + `fm.train.step`, as
+`fm.experiment` does), compiles it once, then times `--chunks` dispatches of
+`--steps` steps each and prints the median steps/s. Used for issue 14's "no
+speed cost" check: run it from a checkout of the code before and after (put the
+checkout first on PYTHONPATH) and on the same machine at the same time.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -21,20 +24,16 @@ def main():
   p.add_argument("--chunks", type=int, default=5)
   p.add_argument("--set", action="append", default=[], help="KEY=VALUE override")
   args = p.parse_args()
-  from fm import config as config_lib
-  from fm import data as data_lib
-  from fm.train import partitioning, run as run_lib, state as state_lib, step as step_lib
-  config = config_lib.apply_overrides(config_lib.load(args.config), [s.split("=", 1) for s in args.set])
-  config_lib.validate(config)
+  import fm
+  from fm import config as config_lib, recipe
+  from fm.train import step as step_lib
+  print("fm from", os.path.dirname(fm.__file__))
+  config = recipe.resolve(config_lib.apply_overrides(config_lib.load(args.config),
+                                                     [s.split("=", 1) for s in args.set]))
   tc = config.train
-  name, options = data_lib.split_options(config_lib.to_dict(config.data))
-  make_kwargs = {}
-  if config.model.get("num_classes", 0):
-    make_kwargs["labels"] = True
-  source = data_lib.make(name, tc.batch_size, **make_kwargs, **options)
-  mesh = partitioning.make_mesh()
-  run = run_lib.build(config, source.shape, mesh=mesh)
-  multi = jax.jit(step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, source.batch_fn, tc.ema_decay),
+  source, _ = recipe.make_source(config)
+  run = recipe.build(config, source.shape)
+  multi = jax.jit(step_lib.make_multi_step(recipe.loss_fn(run), run.optimizer, source.batch_fn, tc.ema_decay),
                   donate_argnums=0)
   state = run.init_state()
   data = source.data
