@@ -80,7 +80,8 @@ def test_entropic_masked_plan_is_the_per_block_plan():
   y0 = np.asarray(condition.assign_classes(jax.random.PRNGKey(1), jnp.asarray(Y1))[0])
   allowed = jnp.asarray(y0[:, None] == Y1[None, :])
   eps = 0.5
-  p_sk = np.exp(np.asarray(sinkhorn.solve(x0, x1, eps, threshold=1e-6, max_iterations=20000, allowed=allowed)[0]))
+  p_sk = np.exp(np.asarray(jax.jit(lambda a, b, m: sinkhorn.solve(a, b, eps, threshold=1e-6, max_iterations=20000,
+                                                                   allowed=m)[0])(x0, x1, allowed)))
   with jax.enable_x64(True):
     cost = base.sqdist(jnp.asarray(x0, jnp.float64), jnp.asarray(x1, jnp.float64))
     p_pa = np.exp(np.asarray(partial.solve_cost(base.forbid(cost, allowed, jnp.inf), eps, 1.0, 1e-12, 100000)[0]))

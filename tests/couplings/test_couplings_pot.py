@@ -76,8 +76,8 @@ def test_sinkhorn_coupling_equals_pot(case):
   """The existing (ott-jax) Sinkhorn coupling still gives POT's `ot.sinkhorn` plan (float32)."""
   name = case.split("/")[0]
   pot = REF[case]
-  got = np.asarray(fm.couplings.plan(REF[f"{name}/x0"], REF[f"{name}/x1"], method="sinkhorn",
-                                     epsilon=float(REF[case + "_args"][0]), threshold=1e-6, max_iterations=5000))
+  couple = fm.couplings.make("sinkhorn", epsilon=float(REF[case + "_args"][0]), threshold=1e-6, max_iterations=5000)
+  got = np.asarray(jax.jit(couple.plan)(REF[f"{name}/x0"], REF[f"{name}/x1"]))
   np.testing.assert_allclose(got, pot, rtol=0, atol=2e-3 * pot.max())
 
 
