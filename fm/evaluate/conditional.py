@@ -14,6 +14,7 @@ reference):
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Sequence
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fm import metrics
+from fm.io import files
 
 __all__ = ["class_labels", "training_labels", "w2_per_class", "mode_accuracy", "label_key",
            "write_guidance_sweep"]
@@ -86,15 +88,14 @@ _LABELS = {"fid": "FID", "w2": "W2", "mode_accuracy": "mode accuracy", "w2_class
 
 
 def write_guidance_sweep(workdir: str, rows: Sequence[dict], columns: Sequence[str], caption: str) -> dict[str, str]:
-  """Writes `guidance_sweep.md`, `.csv` and `.png` (each numeric column against the guidance scale)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  """Writes `guidance_sweep.md`, `.csv` and `.png` (each numeric column against the guidance scale), process 0."""
+  from fm.evaluate import plots  # pylint: disable=g-import-not-at-top  (matplotlib on use)
   stem = os.path.join(workdir, "guidance_sweep")
-  with open(stem + ".csv", "w", newline="") as f:
-    w = csv.DictWriter(f, ["guidance", *columns])
-    w.writeheader()
-    w.writerows(rows)
+  out = io.StringIO()
+  w = csv.DictWriter(out, ["guidance", *columns], lineterminator="\r\n")
+  w.writeheader()
+  w.writerows(rows)
+  files.write_text(stem + ".csv", out.getvalue())
 
   def cell(v):
     return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -102,16 +103,8 @@ def write_guidance_sweep(workdir: str, rows: Sequence[dict], columns: Sequence[s
   lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     lines.append("| " + " | ".join([f"{r['guidance']:g}", *(cell(r.get(c)) for c in columns)]) + " |")
-  with open(stem + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.write_text(stem + ".md", "\n".join(lines) + "\n")
   numeric = [c for c in columns if all(isinstance(r.get(c), (int, float)) for r in rows)]
-  fig, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3.2 * max(len(numeric), 1), 3), squeeze=False)
-  for ax, c in zip(axes[0], numeric):
-    ax.plot([r["guidance"] for r in rows], [r[c] for r in rows], "o-")
-    ax.set_xlabel("guidance scale s")
-    ax.set_title(_LABELS.get(c, c), fontsize=9)
-  fig.suptitle(caption.split(".")[0], fontsize=8)
-  fig.tight_layout()
-  fig.savefig(stem + ".png", dpi=110)
-  plt.close(fig)
+  plots.against(stem + ".png", "guidance scale s", [r["guidance"] for r in rows],
+                [(_LABELS.get(c, c), [r[c] for r in rows]) for c in numeric], title=caption.split(".")[0])
   return {"md": stem + ".md", "csv": stem + ".csv", "png": stem + ".png"}

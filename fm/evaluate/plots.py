@@ -15,7 +15,8 @@ def save(fig, path: str) -> None:
     fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
-__all__ = ["save", "scatter", "draw_trajectories", "trajectories_figure", "nfe_curves", "images_figure"]
+__all__ = ["save", "scatter", "draw_trajectories", "trajectories_figure", "nfe_curves", "images_figure",
+           "against"]
 
 
 def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "",
@@ -103,5 +104,17 @@ def images_figure(path: str, panels: list[tuple[str, np.ndarray]]) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
+  fig.tight_layout()
+  save(fig, path)
+
+
+def against(path: str, x_label: str, xs, panels: list[tuple[str, list]], title: str = "") -> None:
+  """One panel per `(title, ys)` of `ys` against `xs` (e.g. a metric against the guidance scale)."""
+  fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 3), squeeze=False)
+  for ax, (name, ys) in zip(axes[0], panels):
+    ax.plot(xs, ys, "o-")
+    ax.set_xlabel(x_label)
+    ax.set_title(name, fontsize=9)
+  fig.suptitle(title, fontsize=8)
   fig.tight_layout()
   save(fig, path)
