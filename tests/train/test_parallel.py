@@ -168,9 +168,11 @@ def test_image_smoke_four_devices_equal_one(tmp_path, conditional):
   from fm import data, models  # pylint: disable=g-import-not-at-top
   if "unet" not in models.NAMES:
     pytest.skip("fm.models has no 'unet' yet")
-  path = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
-  if not os.path.exists(path):
-    pytest.skip(f"no image data at {path}")
+  # beside the checkout (../shared), or beside a worktree's parent (../../shared)
+  candidates = [os.path.join(ROOT, *[".."] * up, "shared", "data", "cifar10-jpeg.tar.gz") for up in (1, 2)]
+  path = next((p for p in candidates if os.path.exists(p)), None)
+  if path is None:
+    pytest.skip(f"no image data at {candidates[0]}")
   del data
   kw = {"config": os.path.join(ROOT, "configs", "cifar10.py") + ":smoke", "data__limit": "64",
         "data__path": os.path.abspath(path), "train__steps": "6", "train__steps_per_call": "3",
