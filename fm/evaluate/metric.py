@@ -77,12 +77,12 @@ class Context:
     self.guidance = 1.0
     if self.num_classes:
       self.set_guidance(recipe.cond_settings(self.run.config)[1] if opts.guidance is None else opts.guidance)
+    self._shared: dict[str, Any] = {}
 
   def set_guidance(self, guidance: float) -> None:
     """The guidance scale the metrics sample at from now on (conditional runs; a guidance sweep)."""
     self.guidance = float(guidance)
     self.base["guidance"] = self.guidance
-    self._shared: dict[str, Any] = {}
 
   def num(self, metric: "Metric") -> int:
     """`--num` if given, else the metric's default for this run."""
