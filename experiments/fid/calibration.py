@@ -1,0 +1,114 @@
+"""FID / KID calibration of the JPEG CIFAR-10 copy: train vs test, train vs train, train vs blurred.
+
+    python experiments/fid/calibration.py --data ../shared/data/cifar10-jpeg.tar.gz --num 1000 \
+        --cache /work/cache/fid_features --out experiments/fid/CALIBRATION.md
+
+Sets of `--num` images each, drawn once with numpy default_rng(seed) without replacement:
+  train_a, train_b  two disjoint random subsets of the train split
+  test              a random subset of the test split
+  train_a_box16     train_a box-downscaled to 16 x 16 (2 x 2 means) and back by pixel repetition,
+                    rounded to uint8
+Rows: (train_a, test), (train_a, train_b), (train_a, train_a_box16), under both preprocessings.
+Each cell: FID of all `num` vs `num` images; the mean and std of FID over `--subsets` disjoint
+subset pairs of num / subsets images each; KID (`fm.evaluate.kid`, torch-fidelity conventions:
+100 subsets of min(1000, num) images) mean and std.
+
+Features are cached per (preprocessing, set) in chunks under `--cache`, so an interrupted run
+resumes and nothing is computed twice; the network is the converted default_1.pt at
+`fid.default_weights_path()`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from fm.evaluate import fid, kid, records
+from fm.data import images as images_lib
+
+CHUNK = 250
+PAIRS = (("train_a", "test"), ("train_a", "train_b"), ("train_a", "train_a_box16"))
+
+
+def box16(x: np.ndarray) -> np.ndarray:
+  """`[N, 32, 32, C]` uint8 -> 2 x 2 box means -> repeated back to 32 x 32, rounded."""
+  n, h, w, c = x.shape
+  small = x.astype(np.float64).reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+  return np.clip(np.round(small.repeat(2, axis=1).repeat(2, axis=2)), 0, 255).astype(np.uint8)
+
+
+def image_sets(data: str, num: int, seed: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  train, _ = images_lib.load(path=data, split="train")
+  test, _ = images_lib.load(path=data, split="test")
+  idx = rng.choice(len(train), 2 * num, replace=False)
+  tidx = rng.choice(len(test), num, replace=False)
+  sets = {"train_a": train[idx[:num]], "train_b": train[idx[num:]], "test": test[tidx]}
+  sets["train_a_box16"] = box16(sets["train_a"])
+  return sets
+
+
+def features(params, images: np.ndarray, mode: str, path: str, log) -> np.ndarray:
+  """Features of `images` in chunks of CHUNK, each cached as `path`_<start>.npy."""
+  out = []
+  for start in range(0, len(images), CHUNK):
+    f = f"{path}_{start:06d}.npy"
+    if not os.path.exists(f):
+      t0 = time.time()
+      feats = fid.inception_features(params, images[start:start + CHUNK], batch_size=50, preprocessing=mode)
+      np.save(f + ".tmp.npy", feats)
+      os.replace(f + ".tmp.npy", f)
+      log(f"{os.path.basename(f)}: {len(feats)} images in {time.time() - t0:.0f} s")
+    out.append(np.load(f))
+  return np.concatenate(out)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data", required=True)
+  parser.add_argument("--num", type=int, default=1000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--subsets", type=int, default=5)
+  parser.add_argument("--cache", default="/work/cache/fid_features")
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--modes", default="tf,pytorch-fid")
+  args = parser.parse_args()
+  os.makedirs(args.cache, exist_ok=True)
+  log = lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True)
+  sets = image_sets(args.data, args.num, args.seed)
+  params = fid.load_inception()
+  sha = records.file_sha256(fid.default_weights_path())
+  rows = []
+  for mode in args.modes.split(","):
+    feats = {name: features(params, x, mode, os.path.join(args.cache, f"{mode}_s{args.seed}_n{args.num}_{name}"), log)
+             for name, x in sets.items()}
+    for a, b in PAIRS:
+      fa, fb = feats[a], feats[b]
+      full = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fb))
+      k = args.subsets
+      size = args.num // k
+      sub = [fid.frechet_distance(*fid.statistics(fa[i * size:(i + 1) * size]),
+                                  *fid.statistics(fb[i * size:(i + 1) * size])) for i in range(k)]
+      kd = kid.kid(fa, fb, seed=args.seed)
+      rows.append((mode, a, b, full, float(np.mean(sub)), float(np.std(sub, ddof=1)), size, kd))
+      log(f"{mode} {a} vs {b}: FID {full:.2f}; KID {kd['mean']:.5f} ± {kd['std']:.5f}")
+  lines = [f"FID and KID of the JPEG CIFAR-10 copy ({os.path.basename(args.data)}) against itself: N = {args.num} "
+           f"images per set, seed {args.seed}, Inception {os.path.basename(str(fid.default_weights_path()))} "
+           f"(sha256 {sha[:12]}), fm commit {records.git_commit()[:10]}.", "",
+           "| preprocessing | set 1 | set 2 | FID (N vs N) | FID of " + f"{args.subsets} disjoint subset pairs "
+           f"(mean ± std, {args.num // args.subsets} each) | KID × 1e3 (mean ± std, {min(1000, args.num)}-image "
+           "subsets × 100) |", "|---|---|---|---|---|---|"]
+  for mode, a, b, full, m, s, size, kd in rows:
+    lines.append(f"| {mode} | {a} | {b} | {full:.2f} | {m:.2f} ± {s:.2f} | {1e3 * kd['mean']:.2f} ± "
+                 f"{1e3 * kd['std']:.2f} |")
+  text = "\n".join(lines) + "\n"
+  print(text)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  main()
