@@ -3,9 +3,10 @@
     python experiments/fid/calibration.py --data ../shared/data/cifar10-jpeg.tar.gz --num 1000 \
         --cache /work/cache/fid_features --out experiments/fid/CALIBRATION.md
 
-Sets of `--num` images each, drawn once with numpy default_rng(seed) without replacement:
-  train_a, train_b  two disjoint random subsets of the train split
-  test              a random subset of the test split
+Sets of `--num` images each, from one random permutation of each split (numpy default_rng(seed)),
+so a larger `--num` extends a smaller one and reuses its cached features:
+  train_a, train_b  the first and the last `num` of the train split's permutation (disjoint)
+  test              the first `num` of the test split's permutation
   train_a_box16     train_a box-downscaled to 16 x 16 (2 x 2 means) and back by pixel repetition,
                     rounded to uint8
 Rows: (train_a, test), (train_a, train_b), (train_a, train_a_box16), under both preprocessings.
@@ -43,9 +44,10 @@ def image_sets(data: str, num: int, seed: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   train, _ = images_lib.load(path=data, split="train")
   test, _ = images_lib.load(path=data, split="test")
-  idx = rng.choice(len(train), 2 * num, replace=False)
-  tidx = rng.choice(len(test), num, replace=False)
-  sets = {"train_a": train[idx[:num]], "train_b": train[idx[num:]], "test": test[tidx]}
+  perm, tperm = rng.permutation(len(train)), rng.permutation(len(test))
+  if 2 * num > len(train) or num > len(test):
+    raise ValueError(f"--num {num} needs {2 * num} train and {num} test images")
+  sets = {"train_a": train[perm[:num]], "train_b": train[perm[::-1][:num]], "test": test[tperm[:num]]}
   sets["train_a_box16"] = box16(sets["train_a"])
   return sets
 
@@ -53,6 +55,8 @@ def image_sets(data: str, num: int, seed: int) -> dict[str, np.ndarray]:
 def features(params, images: np.ndarray, mode: str, path: str, log) -> np.ndarray:
   """Features of `images` in chunks of CHUNK, each cached as `path`_<start>.npy."""
   out = []
+  if len(images) % CHUNK:
+    raise ValueError(f"--num must be a multiple of {CHUNK} (cached chunks), got {len(images)}")
   for start in range(0, len(images), CHUNK):
     f = f"{path}_{start:06d}.npy"
     if not os.path.exists(f):
@@ -82,7 +86,7 @@ def main():
   sha = records.file_sha256(fid.default_weights_path())
   rows = []
   for mode in args.modes.split(","):
-    feats = {name: features(params, x, mode, os.path.join(args.cache, f"{mode}_s{args.seed}_n{args.num}_{name}"), log)
+    feats = {name: features(params, x, mode, os.path.join(args.cache, f"{mode}_seed{args.seed}_{name}"), log)
              for name, x in sets.items()}
     for a, b in PAIRS:
       fa, fb = feats[a], feats[b]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 __all__ = ["LABELS", "parse", "write"]
 
-LABELS = {"fid": "FID", "bpd": "bits/dim", "w2": "W2", "nll": "NLL (nats)"}
+LABELS = {"fid": "FID", "kid": "KID", "bpd": "bits/dim", "w2": "W2", "nll": "NLL (nats)"}
 
 
 def parse(spec: str) -> tuple[str, list[float | int]]:

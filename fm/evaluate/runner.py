@@ -6,7 +6,12 @@
 Metrics by kind of run (`source.json`):
   images  fid   FID of `num` generated images (default 50 000) against reference statistics:
                 `fid_stats` (an .npz with mu, sigma) or computed from the run's training
-                source and cached (`fm.evaluate.reference`); needs the Inception weights.
+                source and cached (`fm.evaluate.reference`); needs the Inception weights;
+                with the mean and std of FID over `fid_subsets` disjoint subsets of the samples.
+          kid   KID (`fm.evaluate.kid`) of the same samples' features against the training
+                source's features (not available with a `fid_stats` file: it holds no features).
+                FID and KID of one solver setting share one set of samples and features, and
+                both record their preprocessing (`fid_preprocessing`: "tf" or "pytorch-fid").
           bpd   bits/dim of `bpd_num` held-out images (`image_metrics.held_out`).
   points  w2    W2 of `num` samples (default `eval.num_samples`) to held-out target samples.
           path_energy  kinetic energy of the `eval.euler_steps` Euler trajectory (and NPE).
@@ -31,9 +36,10 @@ from fm.train import run as run_lib
 
 __all__ = ["METRICS", "SWEEPABLE", "Options", "check", "Evaluator", "evaluate", "sweep"]
 
-METRICS = {"images": ("fid", "bpd"), "points": ("w2", "path_energy", "nll")}
-SWEEPABLE = {"images": ("fid", "bpd"), "points": ("w2", "nll")}
-_DEFAULT_SWEEP = {"images": ("fid",), "points": ("w2",)}
+METRICS = {"images": ("fid", "kid", "bpd"), "points": ("w2", "path_energy", "nll")}
+SWEEPABLE = {"images": ("fid", "kid", "bpd"), "points": ("w2", "nll")}
+_DEFAULT_SWEEP = {"images": ("fid", "kid"), "points": ("w2",)}
+_INCEPTION = ("fid", "kid")   # metrics that need the Inception network
 _DEFAULT_DIVERGENCE = {"images": "hutchinson", "points": "exact"}
 
 
@@ -52,6 +58,8 @@ class Options:
   fid_stats: str | None = None
   inception: str | None = None
   fid_batch_size: int = 50
+  fid_preprocessing: str = fid.DEFAULT_PREPROCESSING
+  fid_subsets: int = 5
   bpd_num: int = 10_000
   bpd_batch_size: int = 64
   divergence: str | None = None
@@ -89,14 +97,28 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
       raise ValueError(f"--{name} must be positive, got {v}")
   if opts.divergence is not None and opts.divergence not in likelihood.DIVERGENCES:
     raise ValueError(f"--divergence: invalid choice {opts.divergence!r}; valid: {', '.join(likelihood.DIVERGENCES)}")
-  if "fid" in metrics and opts.num is not None and opts.num < 2:
-    raise ValueError(f"FID needs at least 2 samples (a covariance), got --num {opts.num}")
+  uses_inception = any(m in _INCEPTION for m in metrics)
+  if uses_inception and opts.num is not None and opts.num < 2:
+    raise ValueError(f"FID and KID need at least 2 samples, got --num {opts.num}")
+  if opts.fid_preprocessing not in fid.PREPROCESSING:
+    raise ValueError(f"--fid-preprocessing: invalid choice {opts.fid_preprocessing!r}; valid: "
+                     f"{', '.join(fid.PREPROCESSING)}")
+  if opts.fid_subsets < 0 or opts.fid_subsets == 1:
+    raise ValueError(f"--fid-subsets must be 0 (none) or at least 2, got {opts.fid_subsets}")
   if opts.fid_stats is not None and "fid" in metrics:
     if not os.path.isfile(opts.fid_stats):
       raise ValueError(f"--fid-stats {opts.fid_stats!r} is not a file")
-    reference.from_file(opts.fid_stats)   # ValueError unless it holds mu [D], sigma [D, D]
-  if opts.inception is not None and "fid" in metrics and os.path.isdir(opts.inception):
-    raise ValueError(f"--inception {opts.inception!r} is a directory; pass the weights file")
+    _, _, info = reference.from_file(opts.fid_stats)   # ValueError unless it holds mu [D], sigma [D, D]
+    mode = info.get("reference_preprocessing")
+    if mode is not None and mode != opts.fid_preprocessing:
+      raise ValueError(f"--fid-stats {opts.fid_stats!r} was computed with preprocessing {mode!r}, not "
+                       f"{opts.fid_preprocessing!r}; pass --fid-preprocessing {mode} or statistics of the same mode")
+  if opts.inception is not None and uses_inception:
+    if os.path.isdir(opts.inception):
+      raise ValueError(f"--inception {opts.inception!r} is a directory; pass the weights file")
+    if not os.path.exists(opts.inception):
+      raise ValueError(f"--inception {opts.inception!r} does not exist; {fid.missing_weights(opts.inception)}")
+    fid.load_inception(opts.inception)   # ValueError (one sentence) unless it holds the FID Inception
   return tuple(metrics)
 
 
@@ -122,16 +144,20 @@ class Evaluator:
                  "seed": self.seed}
     self.skipped: dict[str, str] = {}
     self._fid = self._held_out = None
+    self._features: dict[tuple, tuple] = {}   # solver setting -> (sample features, sampling info)
 
   def ready(self, metric: str) -> bool:
     """Prepares what `metric` needs; False (reason in `skipped`) if it cannot run here."""
     why = None
-    if metric == "fid" and self._fid is None:
+    if metric in _INCEPTION and self._fid is None:
       weights = pathlib.Path(self.opts.inception) if self.opts.inception else fid.default_weights_path()
       if not weights.is_file():
         why = image_metrics.missing_weights(weights)
       else:
         self._fid = self._prepare_fid(weights)
+    if metric == "kid" and why is None and self._fid["ref_feats"] is None:
+      why = (f"KID skipped: it needs the reference images' features, and --fid-stats {self.opts.fid_stats} holds "
+             f"only mu and sigma (leave out --fid-stats to use the run's training data).")
     elif metric == "bpd" and self._held_out is None:
       kwargs = reference.load_kwargs(self.run.config.data.to_dict())
       images, where = image_metrics.held_out(kwargs, self.opts.bpd_num, self.seed)
@@ -148,13 +174,32 @@ class Evaluator:
   def _prepare_fid(self, weights: pathlib.Path) -> dict[str, Any]:
     sha = records.file_sha256(weights)
     params = fid.load_inception(weights)
+    mode = self.opts.fid_preprocessing
     if self.opts.fid_stats:
       mu, sigma, info = reference.from_file(self.opts.fid_stats)
+      ref_feats = None
     else:
       kwargs = reference.load_kwargs(self.run.config.data.to_dict())
-      mu, sigma, info = reference.from_source(kwargs, params, sha, self.opts.fid_batch_size)
-    return {"params": params, "mu": mu, "sigma": sigma,
+      mu, sigma, ref_feats, info = reference.from_source(kwargs, params, sha, self.opts.fid_batch_size,
+                                                         preprocessing=mode)
+    return {"params": params, "mu": mu, "sigma": sigma, "ref_feats": ref_feats,
             "info": {"inception": str(weights), "inception_sha256": sha, **info}}
+
+  def _sample_features(self, ode: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Features of the generated images at one solver setting (computed once for FID and KID)."""
+    key = tuple(sorted(ode.items()))
+    if key not in self._features:
+      from fm import data as data_lib  # pylint: disable=g-import-not-at-top
+      name, options = data_lib.split_options(self.run.config.data.to_dict())
+      sample_x0 = data_lib.x0_sampler(name, self.run.shape, **options)
+      start = time.time()
+      feats, info = image_metrics.features_of_run(
+          self.run, self.params, sample_x0, self._fid["params"], num=self.num, seed=self.seed,
+          batch_size=self.batch_size, fid_batch_size=self.opts.fid_batch_size,
+          preprocessing=self.opts.fid_preprocessing, progress=self.opts.progress, **ode)
+      info["samples_elapsed_s"] = round(time.time() - start, 3)
+      self._features = {key: (feats, info)}   # keep one setting: a sweep moves on
+    return self._features[key]
 
   def compute(self, metric: str, solver: str, rtol: float | None = None, atol: float | None = None,
               steps: int | None = None) -> dict[str, Any]:
@@ -164,15 +209,14 @@ class Evaluator:
     fields = records.solver_fields(solver, rtol, atol, steps)
     ode = dict(solver=solver, rtol=rtol, atol=atol, steps=steps)
     start = time.time()
-    if metric == "fid":
-      from fm import data as data_lib  # pylint: disable=g-import-not-at-top
-      name, options = data_lib.split_options(self.run.config.data.to_dict())
-      sample_x0 = data_lib.x0_sampler(name, self.run.shape, **options)
+    if metric in _INCEPTION:
+      feats, info = self._sample_features(ode)
       extra = self._fid["info"]
-      result = image_metrics.fid_of_run(
-          self.run, self.params, sample_x0, self._fid["params"], self._fid["mu"], self._fid["sigma"],
-          num=self.num, seed=self.seed, batch_size=self.batch_size, fid_batch_size=self.opts.fid_batch_size,
-          progress=self.opts.progress, **ode)
+      if metric == "fid":
+        result = {**image_metrics.fid_of_features(feats, self._fid["mu"], self._fid["sigma"], self.opts.fid_subsets),
+                  **info}
+      else:
+        result = {**image_metrics.kid_of_features(feats, self._fid["ref_feats"], self.seed), **info}
     elif metric == "bpd":
       images, where = self._held_out
       extra = {"held_out": where}
@@ -230,7 +274,9 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
         row[f"{m}_nfe"] = rec["nfe"]
       row[m] = rec["value"]
     rows.append(row)
-  what = f"{ev.num} samples" if kind == "points" or "fid" in active else ""
+  what = f"{ev.num} samples" if kind == "points" or set(active) & set(_INCEPTION) else ""
+  if set(active) & set(_INCEPTION):
+    what += f" ({ev.opts.fid_preprocessing} preprocessing)"
   if "bpd" in active:
     what += (", " if what else "") + f"bits/dim of {len(ev._held_out[0])} held-out images ({ev.divergence})"
   caption = (f"{ev.base['method']} at step {ev.step}, {solver} NFE sweep. Data: {ev.base['data']}; "
