@@ -125,6 +125,7 @@ def _write_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
         with zf.open(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
                      force_zip64=True) as f:
           np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
