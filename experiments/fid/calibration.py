@@ -14,6 +14,11 @@ Each cell: FID of all `num` vs `num` images; the mean and std of FID over `--sub
 subset pairs of num / subsets images each; KID (`fm.evaluate.kid`, torch-fidelity conventions:
 100 subsets of min(1000, num) images) mean and std.
 
+FID here is computed by `frechet_eigh`: tr (S1 S2)^1/2 as the sum of the square roots of the
+eigenvalues of S1^1/2 S2 S1^1/2 (symmetric eigendecompositions), the same quantity as
+`fid.frechet_distance` (pytorch-fid's scipy `sqrtm`; tests/evaluate/test_fid.py checks the two
+agree), about 10x faster on 2048 x 2048 covariances, which matters on a loaded CPU.
+
 Features are cached per (preprocessing, set) in chunks under `--cache`, so an interrupted run
 resumes and nothing is computed twice; the network is the converted default_1.pt at
 `fid.default_weights_path()`.
@@ -21,6 +26,7 @@ resumes and nothing is computed twice; the network is the converted default_1.pt
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -38,6 +44,15 @@ def box16(x: np.ndarray) -> np.ndarray:
   n, h, w, c = x.shape
   small = x.astype(np.float64).reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
   return np.clip(np.round(small.repeat(2, axis=1).repeat(2, axis=2)), 0, 255).astype(np.uint8)
+
+
+def frechet_eigh(mu1, s1, mu2, s2) -> float:
+  """|mu1 - mu2|^2 + tr S1 + tr S2 - 2 sum sqrt(eig(S1^1/2 S2 S1^1/2)), in float64."""
+  w, v = np.linalg.eigh(s1)
+  r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  ev = np.linalg.eigvalsh(r @ s2 @ r)
+  d = mu1 - mu2
+  return float(d @ d + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
 
 
 def image_sets(data: str, num: int, seed: int) -> dict[str, np.ndarray]:
@@ -78,26 +93,36 @@ def main():
   parser.add_argument("--cache", default="/work/cache/fid_features")
   parser.add_argument("--out", default=None)
   parser.add_argument("--modes", default="tf,pytorch-fid")
+  parser.add_argument("--table-only", action="store_true", help="write the table from the rows already computed")
   args = parser.parse_args()
   os.makedirs(args.cache, exist_ok=True)
   log = lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True)
-  sets = image_sets(args.data, args.num, args.seed)
-  params = fid.load_inception()
   sha = records.file_sha256(fid.default_weights_path())
   rows = []
   for mode in args.modes.split(","):
+    done = os.path.join(args.cache, f"rows_{mode}_seed{args.seed}_n{args.num}_k{args.subsets}.json")
+    if os.path.exists(done):   # each mode's rows are kept, so two processes can run the two modes
+      with open(done) as f:
+        rows += [tuple(r) for r in json.load(f)]
+      continue
+    if args.table_only:
+      raise SystemExit(f"no rows for {mode} yet ({done})")
+    sets = image_sets(args.data, args.num, args.seed)
+    params = fid.load_inception()
     feats = {name: features(params, x, mode, os.path.join(args.cache, f"{mode}_seed{args.seed}_{name}"), log)
              for name, x in sets.items()}
     for a, b in PAIRS:
       fa, fb = feats[a], feats[b]
-      full = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fb))
+      full = frechet_eigh(*fid.statistics(fa), *fid.statistics(fb))
       k = args.subsets
       size = args.num // k
-      sub = [fid.frechet_distance(*fid.statistics(fa[i * size:(i + 1) * size]),
-                                  *fid.statistics(fb[i * size:(i + 1) * size])) for i in range(k)]
+      sub = [frechet_eigh(*fid.statistics(fa[i * size:(i + 1) * size]),
+                          *fid.statistics(fb[i * size:(i + 1) * size])) for i in range(k)]
       kd = kid.kid(fa, fb, seed=args.seed)
       rows.append((mode, a, b, full, float(np.mean(sub)), float(np.std(sub, ddof=1)), size, kd))
       log(f"{mode} {a} vs {b}: FID {full:.2f}; KID {kd['mean']:.5f} ± {kd['std']:.5f}")
+    with open(done, "w") as f:
+      json.dump([r for r in rows if r[0] == mode], f)
   lines = [f"FID and KID of the JPEG CIFAR-10 copy ({os.path.basename(args.data)}) against itself: N = {args.num} "
            f"images per set, seed {args.seed}, Inception {os.path.basename(str(fid.default_weights_path()))} "
            f"(sha256 {sha[:12]}), fm commit {records.git_commit()[:10]}.", "",
