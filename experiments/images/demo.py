@@ -33,12 +33,11 @@ import time
 
 import numpy as np
 
+from fm import experiment
 from fm import config as config_lib
-from fm import data as data_lib
+from fm import recipe
 from fm.evaluate import fid, image_metrics, records, reference
 from fm.evaluate import images as images_eval
-from fm.train import loop
-from fm.train import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("icfm", "otcfm")
@@ -56,7 +55,7 @@ def _config(args, method):
                       "train.log_every": 10, "train.checkpoint_every": 20, "eval.every": 0,
                       "eval.num_samples": 16, "data.limit": 256})
   config = config_lib.apply_overrides(config, [(k, str(v)) for k, v in overrides.items()])
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -97,9 +96,8 @@ def _fid_kid(args, config, workdirs: dict[str, str]) -> list[dict]:
   settings = [("euler", int(s)) for s in args.fid_euler.split(",") if s] + [("dopri5", args.tol)]
   rows = []
   for method, wd in workdirs.items():
-    run, params, step = run_lib.load(wd)
-    name, options = data_lib.split_options(run.config.data.to_dict())
-    sample_x0 = data_lib.x0_sampler(name, run.shape, **options)
+    run, params, step = recipe.load(wd)
+    sample_x0 = recipe.x0_sampler(run.config, run.shape)
     for solver, value in settings:
       ode = (dict(rtol=value, atol=value, steps=None) if solver == "dopri5"
              else dict(rtol=1e-5, atol=1e-5, steps=value))
@@ -164,9 +162,9 @@ def main(argv=None):
     print(f"== {method}: {config.model.name} on {config.data.path or config.data.dataset} "
           f"({config.data.image_size or 'full'} px), {config.train.steps} steps, batch "
           f"{config.train.batch_size}, seed {config.seed}", flush=True)
-    loop.prepare(config, workdir)
+    experiment.prepare(config, workdir)
     t0 = time.time()
-    loop.train(config, workdir)
+    experiment.train(config, workdir)
     train_time = time.time() - t0
     result = images_eval.evaluate_workdir(workdir)
     result["train_seconds"] = train_time

@@ -25,7 +25,7 @@ import numpy as np
 
 from fm import likelihood, solvers
 from fm.evaluate import fid, kid, sampling
-from fm.train import run as run_lib
+from fm import recipe
 
 __all__ = ["missing_weights", "features_of_run", "fid_of_features", "kid_of_features", "held_out", "bpd_of_run"]
 
@@ -35,7 +35,7 @@ def missing_weights(path: str | os.PathLike) -> str:
   return f"FID and KID skipped: {fid.missing_weights(path)}."
 
 
-def features_of_run(run: run_lib.Run, params, sample_x0, inception: dict, *, num: int, seed: int, solver: str,
+def features_of_run(run: recipe.Run, params, sample_x0, inception: dict, *, num: int, seed: int, solver: str,
                     rtol: float, atol: float, steps: int | None, batch_size: int = 256, fid_batch_size: int = 50,
                     preprocessing: str = fid.DEFAULT_PREPROCESSING,
                     progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
@@ -107,13 +107,13 @@ def held_out(kwargs: Mapping[str, Any], num: int, seed: int) -> tuple[np.ndarray
 @functools.partial(jax.jit, static_argnames=("model", "divergence", "num_probes", "solver", "rtol", "atol",
                                              "steps"))
 def _bpd_batch(model, params, images, key, divergence, num_probes, solver, rtol, atol, steps):
-  v = run_lib.velocity(model, params)
+  v = recipe.velocity(model, params)
   bpd, info = likelihood.bits_per_dim(v, images, key=key, divergence=divergence, num_probes=num_probes,
                                       solver=solver, rtol=rtol, atol=atol, steps=steps)
   return bpd, info["nfe"], info["success"]
 
 
-def bpd_of_run(run: run_lib.Run, params, images: np.ndarray, *, seed: int, divergence: str,
+def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, divergence: str,
                num_probes: int = 1, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                steps: int | None = None, batch_size: int = 64) -> dict[str, Any]:
   """Mean bits/dim of uint8 `images` `[N, H, W, C]` with its standard error, NFE and settings.
