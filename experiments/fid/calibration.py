@@ -93,6 +93,8 @@ def main():
   parser.add_argument("--cache", default="/work/cache/fid_features")
   parser.add_argument("--out", default=None)
   parser.add_argument("--modes", default="tf,pytorch-fid")
+  parser.add_argument("--kid-subsets", type=int, default=kid.NUM_SUBSETS)
+  parser.add_argument("--kid-subset-size", type=int, default=kid.SUBSET_SIZE)
   parser.add_argument("--table-only", action="store_true", help="write the table from the rows already computed")
   args = parser.parse_args()
   os.makedirs(args.cache, exist_ok=True)
@@ -100,7 +102,8 @@ def main():
   sha = records.file_sha256(fid.default_weights_path())
   rows = []
   for mode in args.modes.split(","):
-    done = os.path.join(args.cache, f"rows_{mode}_seed{args.seed}_n{args.num}_k{args.subsets}.json")
+    done = os.path.join(args.cache, f"rows_{mode}_seed{args.seed}_n{args.num}_k{args.subsets}_"
+                                    f"kid{args.kid_subsets}x{args.kid_subset_size}.json")
     if os.path.exists(done):   # each mode's rows are kept, so two processes can run the two modes
       with open(done) as f:
         rows += [tuple(r) for r in json.load(f)]
@@ -115,10 +118,10 @@ def main():
       fa, fb = feats[a], feats[b]
       full = frechet_eigh(*fid.statistics(fa), *fid.statistics(fb))
       k = args.subsets
-      size = args.num // k
+      size = args.num // k if k >= 2 else 0
       sub = [frechet_eigh(*fid.statistics(fa[i * size:(i + 1) * size]),
-                          *fid.statistics(fb[i * size:(i + 1) * size])) for i in range(k)]
-      kd = kid.kid(fa, fb, seed=args.seed)
+                          *fid.statistics(fb[i * size:(i + 1) * size])) for i in range(k)] if size else [np.nan] * 2
+      kd = kid.kid(fa, fb, num_subsets=args.kid_subsets, subset_size=args.kid_subset_size, seed=args.seed)
       rows.append((mode, a, b, full, float(np.mean(sub)), float(np.std(sub, ddof=1)), size, kd))
       log(f"{mode} {a} vs {b}: FID {full:.2f}; KID {kd['mean']:.5f} ± {kd['std']:.5f}")
     with open(done, "w") as f:
