@@ -126,15 +126,17 @@ def main():
       log(f"{mode} {a} vs {b}: FID {full:.2f}; KID {kd['mean']:.5f} ± {kd['std']:.5f}")
     with open(done, "w") as f:
       json.dump([r for r in rows if r[0] == mode], f)
+  spread = args.subsets >= 2
   lines = [f"FID and KID of the JPEG CIFAR-10 copy ({os.path.basename(args.data)}) against itself: N = {args.num} "
            f"images per set, seed {args.seed}, Inception {os.path.basename(str(fid.default_weights_path()))} "
-           f"(sha256 {sha[:12]}), fm commit {records.git_commit()[:10]}.", "",
-           "| preprocessing | set 1 | set 2 | FID (N vs N) | FID of " + f"{args.subsets} disjoint subset pairs "
-           f"(mean ± std, {args.num // args.subsets} each) | KID × 1e3 (mean ± std, {min(1000, args.num)}-image "
-           "subsets × 100) |", "|---|---|---|---|---|---|"]
+           f"(sha256 {sha[:12]}), fm commit {records.git_commit()[:10]}. KID × 1e3: mean ± std over "
+           f"{args.kid_subsets} subsets of {min(args.kid_subset_size, args.num)} images.", "",
+           "| preprocessing | set 1 | set 2 | FID (N vs N) |"
+           + (f" FID of {args.subsets} disjoint subset pairs (mean ± std) |" if spread else "") + " KID × 1e3 |",
+           "|---|---|---|---|" + ("---|" if spread else "") + "---|"]
   for mode, a, b, full, m, s, size, kd in rows:
-    lines.append(f"| {mode} | {a} | {b} | {full:.2f} | {m:.2f} ± {s:.2f} | {1e3 * kd['mean']:.2f} ± "
-                 f"{1e3 * kd['std']:.2f} |")
+    lines.append(f"| {mode} | {a} | {b} | {full:.2f} |" + (f" {m:.2f} ± {s:.2f} |" if spread else "")
+                 + f" {1e3 * kd['mean']:.2f} ± {1e3 * kd['std']:.2f} |")
   text = "\n".join(lines) + "\n"
   print(text)
   if args.out:
