@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from fm import provenance
 from fm.evaluate import fid, kid, records
 from fm.data import images as images_lib
 
@@ -129,7 +130,7 @@ def main():
   spread = args.subsets >= 2
   lines = [f"FID and KID of the JPEG CIFAR-10 copy ({os.path.basename(args.data)}) against itself: N = {args.num} "
            f"images per set, seed {args.seed}, Inception {os.path.basename(str(fid.default_weights_path()))} "
-           f"(sha256 {sha[:12]}), fm commit {records.git_commit()[:10]}. KID × 1e3: mean ± std over "
+           f"(sha256 {sha[:12]}), fm commit {provenance.commit_label()}. KID × 1e3: mean ± std over "
            f"{args.kid_subsets} subsets of {min(args.kid_subset_size, args.num)} images.", "",
            "| preprocessing | set 1 | set 2 | FID (N vs N) |"
            + (f" FID of {args.subsets} disjoint subset pairs (mean ± std) |" if spread else "") + " KID × 1e3 |",

