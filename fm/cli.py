@@ -216,7 +216,8 @@ def _eval(args, overrides):
   opts = runner.Options(
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
-      inception=args.inception, fid_batch_size=args.fid_batch_size, bpd_num=args.bpd_num,
+      inception=args.inception, fid_batch_size=args.fid_batch_size, fid_preprocessing=args.fid_preprocessing,
+      fid_subsets=args.fid_subsets, bpd_num=args.bpd_num,
       bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
       guidance=args.guidance)
   try:
@@ -238,10 +239,10 @@ def _eval(args, overrides):
     return
   if args.nfe_sweep:
     rows, paths, skipped = runner.sweep(args.workdir, args.nfe_sweep, opts)
-    for why in skipped.values():
+    for why in dict.fromkeys(skipped.values()):
       print(why)
     if not rows:
-      raise UsageError(f"nothing to sweep: {' '.join(skipped.values())}")
+      raise UsageError(f"nothing to sweep: {' '.join(dict.fromkeys(skipped.values()))}")
     with open(paths["md"]) as f:
       print(f.read(), end="")
     print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}; every point's records appended to "
@@ -251,7 +252,7 @@ def _eval(args, overrides):
   if not results and skipped:
     raise UsageError(f"nothing to evaluate: {' '.join(skipped.values())}")
   print(json.dumps(results, indent=2))
-  for why in skipped.values():
+  for why in dict.fromkeys(skipped.values()):
     print(why)
   if results:
     print(f"results in {os.path.join(args.workdir, 'eval.jsonl')} ({len(results)} record(s) appended)",
@@ -280,13 +281,19 @@ def _fid_stats(args, overrides):
     raise UsageError(f"--out must end in .npz, got {out!r}")
   if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
     raise UsageError(f"directory of --out {out!r} does not exist")
+  if args.fid_preprocessing not in fid.PREPROCESSING:
+    raise UsageError(f"--fid-preprocessing: invalid choice {args.fid_preprocessing!r}; valid: "
+                     f"{', '.join(fid.PREPROCESSING)}")
   weights = args.inception or fid.default_weights_path()
   if not os.path.isfile(weights):
-    raise UsageError(f"no Inception weights at {weights}; get them with `python -c \"from fm.evaluate import "
-                     f"fid; fid.download_weights()\"` (downloads {fid.WEIGHTS_URL}) or pass --inception PATH")
-  info = reference.write(kwargs, out, weights, args.batch_size)
+    raise UsageError(fid.missing_weights(weights))
+  try:
+    fid.load_inception(weights)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  info = reference.write(kwargs, out, weights, args.batch_size, args.fid_preprocessing)
   print(f"wrote {info['out']}: mu, sigma of {info['num']} images ({info['data']}; "
-        f"Inception sha256 {info['inception_sha256'][:12]})")
+        f"Inception sha256 {info['inception_sha256'][:12]}; {info['fid_preprocessing']} preprocessing)")
 
 
 def _sweep(args, overrides):
@@ -397,11 +404,11 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser("eval", help="evaluate a trained run (appends to WORKDIR/eval.jsonl)",
                      description="Metrics of a run's EMA checkpoint, each appended as one line to "
                                  "WORKDIR/eval.jsonl with its provenance (data, seed, solver, tolerances or steps, "
-                                 "NFE, sample count, Inception weights hash, fm's git commit). Image runs: fid, bpd; "
+                                 "NFE, sample count, Inception weights hash, fm's git commit). Image runs: fid, kid, bpd; "
                                  "toy runs: w2, path_energy, nll. Unset options come from the run's eval section.")
   p.add_argument("--workdir", required=True)
   p.add_argument("--metrics", default=None, help="comma-separated (default: all of the run's kind; "
-                                                  "with --nfe-sweep: fid for images, w2 for toys)")
+                                                  "with --nfe-sweep: fid,kid for images, w2 for toys)")
   p.add_argument("--num", type=int, default=None, help="generated samples (default 50000 for images, "
                                                         "eval.num_samples for toys)")
   p.add_argument("--seed", type=int, default=None, help="noise / held-out seed (default eval.seed)")
@@ -413,9 +420,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=None, help="images per solver call (default eval.batch_size)")
   p.add_argument("--fid-stats", default=None, help="reference mu/sigma .npz (fm fid-stats, pytorch-fid, clean-fid); "
                                                     "default: computed from the run's data and cached")
-  p.add_argument("--inception", default=None, help="FID Inception weights (.pth or .npz; default "
-                                                    "fm.evaluate.fid.default_weights_path())")
+  p.add_argument("--inception", default=None, help="FID Inception weights: fm's .npz, NVIDIA's TorchScript .pt or "
+                                                    "pytorch-fid's .pth (default fm.evaluate.fid.default_weights_path(), "
+                                                    "filled by make fid-weights)")
   p.add_argument("--fid-batch-size", type=int, default=50, help="images per Inception call (default 50)")
+  p.add_argument("--fid-preprocessing", default="tf", help="tf (the TF graph's resize, as TTUR / clean-fid "
+                                                          "legacy_tensorflow; default) | pytorch-fid")
+  p.add_argument("--fid-subsets", type=int, default=5, help="FID spread over this many disjoint subsets of the "
+                                                            "samples (default 5; 0 = none)")
   p.add_argument("--bpd-num", type=int, default=10000, help="held-out images for bits/dim (default 10000)")
   p.add_argument("--bpd-batch-size", type=int, default=64, help="images per likelihood solve (default 64)")
   p.add_argument("--divergence", default=None, help="exact | hutchinson (default: hutchinson for images, "
@@ -445,6 +457,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None, help="output .npz (default NAME_SPLIT.npz, e.g. cifar10_train.npz)")
   p.add_argument("--inception", default=None, help="Inception weights (default fm.evaluate.fid.default_weights_path())")
   p.add_argument("--batch-size", type=int, default=50, help="images per Inception call (default 50)")
+  p.add_argument("--fid-preprocessing", default="tf", help="tf (default) | pytorch-fid")
   p.set_defaults(fn=_fid_stats)
 
   p = sub.add_parser("sweep", help="grid of runs with a mean ± std table and a figure",

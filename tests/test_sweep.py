@@ -80,7 +80,7 @@ def _tiny_image_config(tmp_path, monkeypatch):
   weights.write_bytes(os.urandom(100))
   monkeypatch.setattr(fid, "default_weights_path", lambda: weights)
   monkeypatch.setattr(fid, "load_inception", lambda path=None: {})
-  monkeypatch.setattr(fid, "inception_features", lambda params, images, batch_size=50: np.concatenate(
+  monkeypatch.setattr(fid, "inception_features", lambda params, images, batch_size=50, preprocessing="tf": np.concatenate(
       [np.asarray(images, np.float32).mean(axis=(1, 2)), np.asarray(images, np.float32).std(axis=(1, 2))], 1))
   config = config_lib.load(os.path.join(ROOT, "configs", "cifar10.py") + ":smoke")
   config.model = ml_collections.ConfigDict({"name": "mlp", "width": 16, "depth": 2, "activation": "selu"})

@@ -1,10 +1,11 @@
-"""FID and bits/dim of an image run's EMA model: the image metrics of `fm eval`.
+"""FID, KID and bits/dim of an image run's EMA model: the image metrics of `fm eval`.
 
-FID: `num` images are generated from x0 ~ N(0, I) with the chosen solver in
+FID / KID: `num` images are generated from x0 ~ N(0, I) with the chosen solver in
 batches (`sampling.sample`: sample i uses noise key `fold_in(PRNGKey(seed), i)`,
 as `fm sample`), mapped to uint8 (`round((x + 1) 127.5)`, clipped), passed
-through pytorch-fid's Inception (`fid.inception_features`) and their Fréchet
-distance to the reference statistics is returned.
+through the FID Inception (`fid.inception_features`, with the chosen preprocessing);
+FID is their Fréchet distance to the reference statistics (with its spread over
+disjoint subsets), KID their unbiased MMD^2 to the reference features (`kid`).
 
 Bits/dim: held-out images (the source's test split, else the images after the
 first `data.limit` of the training split) through `fm.likelihood.bits_per_dim`
@@ -24,47 +25,58 @@ import numpy as np
 
 from fm import likelihood, solvers
 from fm.data import images as images_lib
-from fm.evaluate import fid, sampling
+from fm.evaluate import fid, kid, sampling
 from fm import recipe
 
-__all__ = ["missing_weights", "frechet_of_samples", "fid_of_run", "held_out", "bpd_of_run"]
+__all__ = ["missing_weights", "features_of_run", "fid_of_features", "kid_of_features", "held_out", "bpd_of_run"]
 
 
 def missing_weights(path: str | os.PathLike) -> str:
-  """The one sentence printed when FID is skipped for want of Inception weights."""
-  return (f"FID skipped: no Inception weights at {path}; get them with `python -c \"from fm.evaluate "
-          f"import fid; fid.download_weights()\"` (downloads {fid.WEIGHTS_URL} to "
-          f"{fid.default_weights_path()}) or pass --inception PATH to a copy of {fid.WEIGHTS_FILE}.")
+  """The one sentence printed when FID / KID are skipped for want of Inception weights."""
+  return f"FID and KID skipped: {fid.missing_weights(path)}."
 
 
-def frechet_of_samples(samples: np.ndarray, inception: dict, mu: np.ndarray, sigma: np.ndarray,
-                       batch_size: int = 50) -> float:
-  """FID of uint8 images `[N, H, W, 3]` against reference statistics `(mu, sigma)`."""
-  m, s = fid.statistics(fid.inception_features(inception, samples, batch_size=batch_size))
-  return fid.frechet_distance(m, s, mu, sigma)
-
-
-def fid_of_run(run: recipe.Run, params, sample_x0, inception: dict, mu: np.ndarray, sigma: np.ndarray,
-               *, num: int, seed: int, solver: str, rtol: float, atol: float, steps: int | None,
-               batch_size: int = 256, fid_batch_size: int = 50, progress: bool = True,
-               labels: np.ndarray | None = None, guidance: float = 1.0) -> dict[str, Any]:
-  """FID of `num` generated images; returns `value`, NFE (mean per batch and total) and settings.
+def features_of_run(run: recipe.Run, params, sample_x0, inception: dict, *, num: int, seed: int, solver: str,
+                    rtol: float, atol: float, steps: int | None, batch_size: int = 256, fid_batch_size: int = 50,
+                    preprocessing: str = fid.DEFAULT_PREPROCESSING, progress: bool = True,
+                    labels: np.ndarray | None = None, guidance: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
+  """Pool3 features `[num, 2048]` of `num` generated images and the sampling's NFE and settings.
 
   A conditional run samples image i with label `labels[i]` (`[num]`, e.g. drawn
-  from the training label distribution) at scale `guidance`; its record adds
+  from the training label distribution) at scale `guidance`; the settings add
   `guidance` and `network_passes` (mean per batch).
   """
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
                                   solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8,
                                   progress=progress, desc=f"FID samples ({solver})", labels=labels,
                                   guidance=guidance)
-  value = frechet_of_samples(samples, inception, mu, sigma, fid_batch_size)
+  feats = fid.inception_features(inception, samples, batch_size=fid_batch_size, preprocessing=preprocessing)
   nfe = info["nfe_per_batch"]
-  out = {"value": value, "nfe": float(np.mean(nfe)), "nfe_total": info["nfe_total"], "num_samples": num,
-         "batch_size": batch_size, "success": info["success"]}
+  out = {"nfe": float(np.mean(nfe)), "nfe_total": info["nfe_total"], "num_samples": num,
+         "batch_size": batch_size, "success": info["success"], "fid_preprocessing": preprocessing}
   if labels is not None:
     out.update(guidance=float(guidance), network_passes=info["network_passes_total"] / len(nfe))
+  return feats, out
+
+
+def fid_of_features(feats: np.ndarray, mu: np.ndarray, sigma: np.ndarray, subsets: int = 5) -> dict[str, Any]:
+  """FID of features `[N, D]` against `(mu, sigma)`, with the mean and std over `subsets` disjoint subsets.
+
+  The subset fields are None when N < 2 `subsets` (or `subsets` < 2).
+  """
+  out = {"value": fid.frechet_distance(*fid.statistics(feats), mu, sigma), "fid_subsets": None,
+         "fid_subset_size": None, "fid_subsets_mean": None, "fid_subsets_std": None}
+  if subsets >= 2 and len(feats) // subsets >= 2:
+    mean, std, size = fid.frechet_distance_subsets(feats, mu, sigma, subsets)
+    out.update(fid_subsets=subsets, fid_subset_size=size, fid_subsets_mean=mean, fid_subsets_std=std)
   return out
+
+
+def kid_of_features(feats: np.ndarray, ref_feats: np.ndarray, seed: int) -> dict[str, Any]:
+  """KID of features `[N, D]` against reference features (`kid.kid`: 100 subsets of min(1000, N))."""
+  r = kid.kid(feats, ref_feats, seed=seed)
+  return {"value": r["mean"], "kid_std": r["std"], "kid_subset_size": r["subset_size"],
+          "kid_subsets": r["num_subsets"]}
 
 
 def held_out(kwargs: Mapping[str, Any], num: int, seed: int, with_labels: bool = False):

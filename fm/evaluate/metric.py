@@ -7,6 +7,8 @@ A metric is one class (big_vision's evaluators are the model) that says
   needs       what it needs, in words (for `docs/evaluation.md` and `fm eval --help`);
   sweepable   whether `fm eval --nfe-sweep` may compute it at each solver setting;
   default     whether `fm eval` without `--metrics` computes it;
+  sweep_default  whether `fm eval --nfe-sweep` without `--metrics` computes it
+              (if no metric of the kind says so: the first sweepable one);
 
 and implements `prepare(ctx)` (load what it needs once; return the sentence saying
 why it cannot run here, or None) and `compute(ctx, solver, rtol, atol, steps)`
@@ -25,6 +27,7 @@ import dataclasses
 from typing import Any, Callable, ClassVar
 
 from fm import recipe
+from fm.evaluate import fid
 
 __all__ = ["Options", "Context", "Metric"]
 
@@ -46,6 +49,8 @@ class Options:
   fid_stats: str | None = None
   inception: str | None = None
   fid_batch_size: int = 50
+  fid_preprocessing: str = fid.DEFAULT_PREPROCESSING   # "tf" | "pytorch-fid" (FID and KID)
+  fid_subsets: int = 5                                  # FID's spread over disjoint subsets (0: none)
   bpd_num: int = 10_000
   bpd_batch_size: int = 64
   divergence: str | None = None
@@ -103,6 +108,7 @@ class Metric:
   needs: ClassVar[str]
   sweepable: ClassVar[bool] = True
   default: ClassVar[bool] = True
+  sweep_default: ClassVar[bool] = False
 
   def check(self, opts: Options) -> None:
     """ValueError (one sentence) for an option this metric cannot use; touches nothing."""

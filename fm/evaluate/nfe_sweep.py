@@ -16,7 +16,7 @@ from fm.io import files
 
 __all__ = ["LABELS", "parse", "write"]
 
-LABELS = {"fid": "FID", "bpd": "bits/dim", "w2": "W2", "nll": "NLL (nats)"}
+LABELS = {"fid": "FID", "kid": "KID", "bpd": "bits/dim", "w2": "W2", "nll": "NLL (nats)"}
 
 
 def parse(spec: str) -> tuple[str, list[float | int]]:

@@ -1,15 +1,17 @@
 """FID reference statistics: from an image source of `fm.data`, from a file, and cached.
 
-    mu, sigma, info = reference.from_source(load_kwargs(config.data), params, weights_sha)
+    mu, sigma, feats, info = reference.from_source(load_kwargs(config.data), params, weights_sha)
     mu, sigma, info = reference.from_file("cifar10_train.npz")   # pytorch-fid / clean-fid mu, sigma
 
 Statistics computed from a source are cached under `cache_dir()` (beside the
 Inception weights: `$FM_CACHE/fid_stats`), keyed by the data's content key
 (`fm.data.images.load`: content hash of the folder or tarball, split, limit,
-image size) and the sha256 of the Inception weights file, so a different
-dataset, subset or network never reuses them. Files hold `mu` `[2048]` and
-`sigma` `[2048, 2048]` (float64) as pytorch-fid's `--save-stats` writes them,
-plus provenance strings (`num`, `data`, `inception_sha256`, `fm_commit`).
+image size), the sha256 of the Inception weights file and the preprocessing
+("tf" or "pytorch-fid"), so a different dataset, subset, network or input path
+never reuses them. Files hold `mu` `[2048]` and `sigma` `[2048, 2048]` (float64)
+as pytorch-fid's `--save-stats` writes them, plus provenance strings (`num`,
+`data`, `inception_sha256`, `fid_preprocessing`, `fm_commit`); beside each, the
+features themselves (`<key>_features.npy`, float32 `[N, 2048]`) for KID.
 """
 from __future__ import annotations
 
@@ -74,57 +76,71 @@ def save(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any
                   **{k: np.asarray(str(v)) for k, v in meta.items()})
 
 
-def compute(images: np.ndarray, params: dict, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def compute(images: np.ndarray, params: dict, batch_size: int = 50,
+            preprocessing: str = fid.DEFAULT_PREPROCESSING) -> tuple[np.ndarray, np.ndarray]:
   """`(mu, sigma)` float64 of the pool3 features of uint8 images `[N, H, W, 3]`."""
-  return fid.statistics(fid.inception_features(params, images, batch_size=batch_size))
+  return fid.statistics(fid.inception_features(params, images, batch_size=batch_size, preprocessing=preprocessing))
 
 
 def from_source(kwargs: Mapping[str, Any], params: dict, weights_sha256: str, batch_size: int = 50,
-                use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-  """Statistics of an image source (`load_kwargs`), through the cache; `(mu, sigma, info)`.
+                use_cache: bool = True, preprocessing: str = fid.DEFAULT_PREPROCESSING,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+  """Statistics and features of an image source (`load_kwargs`), through the cache.
 
-  `info`: `reference` (the cache file), `reference_data` (the source's description),
-  `reference_num` (images), `reference_cached` (whether the file was reused).
+  Returns `(mu, sigma, features [N, 2048], info)`; `info`: `reference` (the cache file),
+  `reference_data` (the source's description), `reference_num` (images), `reference_cached`
+  (whether the file was reused).
   """
   from fm.data import images as images_lib  # pylint: disable=g-import-not-at-top
   arr, meta = images_lib.load(**kwargs)
-  spec = {"format": STATS_FORMAT, "data_key": meta["key"], "inception_sha256": weights_sha256}
+  spec = {"format": STATS_FORMAT, "data_key": meta["key"], "inception_sha256": weights_sha256,
+          "preprocessing": preprocessing}
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
   path = cache_dir() / f"{key[:40]}.npz"
-  cached = use_cache and path.exists()
+  feats_path = cache_dir() / f"{key[:40]}_features.npy"
+  cached = use_cache and path.exists() and feats_path.exists()
   if cached:
     mu, sigma = fid.load_statistics(path)
+    feats = np.load(feats_path)
   else:
-    mu, sigma = compute(arr, params, batch_size)
+    feats = fid.inception_features(params, arr, batch_size=batch_size, preprocessing=preprocessing)
+    mu, sigma = fid.statistics(feats)
+    feats_path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic(feats_path, per_process=True) as f:   # a per-host cache, like the statistics
+      np.save(f, feats)
     save(path, mu, sigma, num=len(arr), data=meta["description"], inception_sha256=weights_sha256,
-         fm_commit=provenance.commit_label())
-  return mu, sigma, {"reference": str(path), "reference_data": meta["description"],
-                     "reference_num": len(arr), "reference_cached": bool(cached)}
+         fid_preprocessing=preprocessing, fm_commit=provenance.commit_label())
+  return mu, sigma, feats, {"reference": str(path), "reference_data": meta["description"],
+                            "reference_num": len(arr), "reference_cached": bool(cached)}
 
 
 def from_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-  """Precomputed statistics (`mu`, `sigma`: fm, pytorch-fid, TTUR or clean-fid); `(mu, sigma, info)`."""
+  """Precomputed statistics (`mu`, `sigma`: fm, pytorch-fid, TTUR or clean-fid); `(mu, sigma, info)`.
+
+  `info` carries `reference_preprocessing` when the file records it (fm's files do).
+  """
   mu, sigma = fid.load_statistics(path)
   if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
     raise ValueError(f"{path} holds mu {list(mu.shape)} and sigma {list(sigma.shape)}, expected [D] and [D, D]")
   info = {"reference": os.fspath(path), "reference_sha256": records.file_sha256(path)}
   with np.load(path) as f:
-    for k in ("num", "data"):
+    for k, name in (("num", "reference_num"), ("data", "reference_data"),
+                    ("fid_preprocessing", "reference_preprocessing")):
       if k in f.files:
-        info["reference_num" if k == "num" else "reference_data"] = str(f[k])
+        info[name] = str(f[k])
   return mu, sigma, info
 
 
 def write(kwargs: Mapping[str, Any], out: str | os.PathLike, inception: str | os.PathLike | None = None,
-          batch_size: int = 50) -> dict[str, Any]:
+          batch_size: int = 50, preprocessing: str = fid.DEFAULT_PREPROCESSING) -> dict[str, Any]:
   """`fm fid-stats`: statistics of an image source into `out`; returns what was written."""
   from fm.data import images as images_lib  # pylint: disable=g-import-not-at-top
   weights = pathlib.Path(inception) if inception else fid.default_weights_path()
   params = fid.load_inception(weights)   # FileNotFoundError says how to get the weights
   sha = records.file_sha256(weights)
   arr, meta = images_lib.load(**kwargs)
-  mu, sigma = compute(arr, params, batch_size)
+  mu, sigma = compute(arr, params, batch_size, preprocessing)
   save(out, mu, sigma, num=len(arr), data=meta["description"], inception_sha256=sha,
-       fm_commit=provenance.commit_label())
+       fid_preprocessing=preprocessing, fm_commit=provenance.commit_label())
   return {"out": os.fspath(out), "num": len(arr), "data": meta["description"], "inception": str(weights),
-          "inception_sha256": sha}
+          "inception_sha256": sha, "fid_preprocessing": preprocessing}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from fm import config as config_lib
 from fm import errors
 from fm.evaluate.metric import Metric, Options
-from fm.evaluate.metrics import bpd, fid, grid, nll, path_energy, w2
+from fm.evaluate.metrics import bpd, fid, grid, kid, nll, path_energy, w2
 
 __all__ = ["METRICS", "KINDS", "names", "defaults", "make", "check", "parse", "at_end", "check_config"]
 
@@ -22,6 +22,7 @@ METRICS: dict[str, type[Metric]] = {m.name: m for m in (
     path_energy.PathEnergy,
     nll.NLL,
     fid.FID,
+    kid.KID,
     bpd.BPD,
     grid.Grid,
 )}
@@ -35,9 +36,11 @@ def names(kind: str, sweep: bool = False) -> tuple[str, ...]:
 
 
 def defaults(kind: str, sweep: bool = False) -> tuple[str, ...]:
-  """What `fm eval` computes without `--metrics` (an NFE sweep: the first sweepable metric)."""
+  """What `fm eval` computes without `--metrics` (an NFE sweep: those marked `sweep_default`, else the first
+  sweepable metric)."""
   if sweep:
-    return names(kind, sweep=True)[:1]
+    sweepable = names(kind, sweep=True)
+    return tuple(n for n in sweepable if METRICS[n].sweep_default) or sweepable[:1]
   return tuple(n for n in names(kind) if METRICS[n].default)
 
 

@@ -9,6 +9,9 @@ metric under `fm/evaluate/metrics/`). Unset options fall back to the run's `eval
 section (seed, rtol, atol, batch size) and the metric's default sample count.
 A metric that cannot be computed here (no Inception weights, no held-out images,
 no closed-form source density) is skipped with one sentence, and the others run.
+FID and KID of one solver setting share one set of samples and Inception features
+(`fm.evaluate.metrics.fid`), and both record their preprocessing
+(`fid_preprocessing`: "tf" or "pytorch-fid").
 
 Every computed metric is one line of `WORKDIR/eval.jsonl` (`records`): the metric,
 its value, NFE, checkpoint step, data, seed, solver and tolerances or steps,
@@ -36,6 +39,7 @@ __all__ = ["Options", "EVAL_JSON", "check", "evaluate", "sweep", "guidance_sweep
            "read_view"]
 
 EVAL_JSON = "eval.json"
+_INCEPTION = ("fid", "kid")   # metrics of the Inception features (one set of samples per solver setting)
 log = logging.getLogger("fm")
 
 
@@ -124,8 +128,10 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
       row[name] = rec["value"]
     rows.append(row)
   what = []
-  if kind == "points" or "fid" in active:
-    what.append(f"{ctx.num(next(iter(active.values())))} samples")
+  inception = [m for m in active.values() if m.name in _INCEPTION]
+  if kind == "points" or inception:
+    metric = inception[0] if inception else next(iter(active.values()))
+    what.append(f"{ctx.num(metric)} samples" + (f" ({ctx.opts.fid_preprocessing} preprocessing)" if inception else ""))
   if "bpd" in active:
     what.append(f"bits/dim of {len(active['bpd'].images)} held-out images ({ctx.divergence})")
   caption = (f"{ctx.base['method']} at step {ctx.step}, {solver} NFE sweep. Data: {ctx.base['data']}; "

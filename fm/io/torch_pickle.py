@@ -24,6 +24,12 @@ parameters become plain arrays; bfloat16 tensors keep their bits as `ml_dtypes.b
 (the dtype JAX uses, so `jnp.asarray` takes them as they are). Tensors on any device
 (location "cuda:0" etc.) load on the host. Peak memory is about twice the file's size.
 
+TorchScript archives (`torch.jit.save`, e.g. NVIDIA's `inception-2015-12-05.pt`) are the
+same zip with `code/` beside `data.pkl`; their pickle builds `__torch__.<module path>` objects
+(NEWOBJ, then BUILD with a dict of attributes). Those globals resolve to `ScriptObject`, an
+inert record of the class name and the attribute dict: nothing in `code/` is read or run.
+`state_dict` flattens a tree of them like nested dicts ("net.layers.conv.weight").
+
 TorchCFM's CIFAR-10 checkpoints (examples/images/cifar10/train_cifar10.py) hold
 `{"net_model", "ema_model", "sched", "optim", "step"}`; the EMA weights used for FID are
 `state_dict(obj, key="ema_model")`, whose names lose the "module." prefix that training with
@@ -43,7 +49,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import ml_dtypes
 import numpy as np
 
-__all__ = ["load", "state_dict", "DTYPES"]
+__all__ = ["load", "state_dict", "ScriptObject", "DTYPES"]
 
 # Legacy storage class name -> numpy dtype.
 _STORAGES = {
@@ -149,11 +155,46 @@ def _rebuild_from_type_v2(func, new_type, args, state):
   return func(*args)
 
 
+def _typed_list(value):
+  if not isinstance(value, list):
+    raise _Refused(f"a TorchScript typed list is built from {type(value).__name__}")
+  return value
+
+
 class _Marker:
   """Stands for a torch class or dtype the pickle names, e.g. `torch.Tensor`, `torch.float32`."""
 
   def __init__(self, value: Any = None):
     self.value = value
+
+
+class ScriptObject:
+  """A TorchScript module object of the pickle: its class `type_name` and its `attributes`.
+
+  `type_name` is the qualified name after "__torch__." (e.g. "inceptionv3.Conv2dLayer");
+  `attributes` maps each attribute to its unpickled value (arrays, numbers, other objects).
+  """
+
+  type_name: str = ""
+
+  def __init__(self, *args):
+    if args:
+      raise _Refused(f"the TorchScript object {self.type_name} is built with arguments")
+    self.attributes: Dict[str, Any] = {}
+
+  def __setstate__(self, state):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+      raise _Refused(f"the TorchScript object {self.type_name} has state {type(state).__name__}, "
+                     "not a dict of attributes")
+    self.attributes = dict(state)
+
+  def __repr__(self):
+    return f"ScriptObject({self.type_name}, {sorted(self.attributes)})"
+
+
+def _script_class(qualname: str) -> type:
+  """A fresh subclass of `ScriptObject` naming one `__torch__` class (one per lookup)."""
+  return type("ScriptObject", (ScriptObject,), {"type_name": qualname, "__module__": __name__})
 
 
 def _fresh(fn: Callable) -> Callable[[], Any]:
@@ -180,7 +221,11 @@ _GLOBALS: Dict[tuple, Callable[[], Any]] = {
   ("builtins", "bytearray"): lambda: bytearray,
   ("__builtin__", "set"): lambda: set,
   ("_codecs", "encode"): _fresh(lambda s, enc="utf-8": s.encode(enc)),  # bytes, protocol 2
+  ("torch.jit._pickle", "restore_type_tag"): _fresh(lambda value, type_str: value),
 }
+# TorchScript's typed lists (List[int] etc.): the list itself.
+for _name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist"):
+  _GLOBALS[("torch.jit._pickle", _name)] = _fresh(_typed_list)
 _GLOBALS[("torch.storage", "UntypedStorage")] = _GLOBALS[("torch", "UntypedStorage")] = (
     lambda: _StorageType("UntypedStorage", np.dtype(np.uint8)))  # bytes; v3 gives the dtype
 for _name, _dt in _STORAGES.items():
@@ -198,6 +243,8 @@ class _Unpickler(pickle.Unpickler):
     self._get = get
 
   def find_class(self, module, name):
+    if module == "__torch__" or module.startswith("__torch__."):
+      return _script_class(f"{module[len('__torch__.'):]}.{name}".lstrip("."))
     try:
       return _GLOBALS[(module, name)]()
     except KeyError:
@@ -321,6 +368,10 @@ def load(path: str | os.PathLike) -> Any:
 def state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, np.ndarray]:
   """The flat `{name: array}` at `obj[key]` (or `obj` itself when `key` is None).
 
+  A TorchScript module (`ScriptObject`) gives the arrays of its tree of submodules, named by
+  attribute path as `torch.jit.ScriptModule.state_dict()` names them ("layers.conv.weight");
+  its other attributes (flags, ints) are left out.
+
   Nested mappings are joined with "." (`{"a": {"b": x}}` -> `{"a.b": x}`), and a "module."
   prefix shared by every name (a model wrapped in DataParallel / DistributedDataParallel) is
   removed. Raises ValueError for a missing key or a value that is not an array.
@@ -330,6 +381,8 @@ def state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, np.ndarray]:
       have = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
       raise ValueError(f"Checkpoint has no key {key!r}; it has {have}.")
     obj = obj[key]
+  if isinstance(obj, ScriptObject):
+    return _script_tensors(obj)
   if not isinstance(obj, Mapping):
     raise ValueError(f"A state dict must be a mapping of names to arrays, not "
                      f"{type(obj).__name__}.")
@@ -348,4 +401,23 @@ def state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, np.ndarray]:
   walk("", obj)
   if flat and all(k.startswith("module.") for k in flat):
     flat = {k[len("module."):]: v for k, v in flat.items()}
+  return flat
+
+
+def _script_tensors(root: ScriptObject) -> Dict[str, np.ndarray]:
+  """`{dotted attribute path: array}` of a tree of `ScriptObject`s (each object visited once)."""
+  flat: Dict[str, np.ndarray] = {}
+  seen = set()
+
+  def walk(prefix, o):
+    if id(o) in seen:
+      return
+    seen.add(id(o))
+    for k, v in o.attributes.items():
+      if isinstance(v, np.ndarray):
+        flat[prefix + k] = v
+      elif isinstance(v, ScriptObject):
+        walk(f"{prefix}{k}.", v)
+
+  walk("", root)
   return flat

