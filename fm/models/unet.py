@@ -169,6 +169,11 @@ class UNet(nn.Module):
     use_new_attention_order: split qkv before heads (False: TorchCFM's legacy order).
     num_classes: number of class labels for a label embedding, or None.
     dtype: compute dtype ("float32", "bfloat16", ...); parameters, GroupNorm and softmax stay float32.
+    second_time: embed a second time `t2` (MeanFlow's interval length) like t, through its own
+      `time_embed_r_0/2` layers, added to the time embedding; every other parameter keeps
+      TorchCFM's name.
+    outputs: number of fields stacked along the channel axis of the output (2 for SF2M's flow
+      and score from one forward).
   """
   num_channels: int = 128
   num_res_blocks: int = 2
@@ -183,6 +188,8 @@ class UNet(nn.Module):
   use_new_attention_order: bool = False
   num_classes: int | None = None
   dtype: Any = "float32"
+  second_time: bool = False
+  outputs: int = 1
 
   def __post_init__(self):
     # lists (e.g. from a config file) become tuples so that the module stays hashable
@@ -200,6 +207,8 @@ class UNet(nn.Module):
     _parse_resolutions(self.attention_resolutions)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout {self.dropout!r} must lie in [0, 1)")
+    if isinstance(self.outputs, bool) or not isinstance(self.outputs, int) or self.outputs < 1:
+      raise ValueError(f"UNet outputs {self.outputs!r} must be a positive integer")
     if self.num_res_blocks < 1:
       raise ValueError(f"num_res_blocks {self.num_res_blocks!r} must be a positive integer")
     mults = self.channel_mult if self.channel_mult is not None else (1,)
@@ -229,11 +238,14 @@ class UNet(nn.Module):
     return heads
 
   @nn.compact
-  def __call__(self, t, x, y=None, train: bool = False):
-    """t: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels iff num_classes.
+  def __call__(self, t, x, y=None, train: bool = False, t2=None):
+    """t, t2: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels iff num_classes.
 
-    Returns the velocity `[B, H, W, C]` in the dtype of x.
+    Returns the velocity `[B, H, W, outputs * C]` in the dtype of x; t2 is given iff second_time.
     """
+    if (t2 is None) == self.second_time:
+      raise ValueError(f"the second time t2 must be given if and only if second_time is set "
+                       f"(second_time={self.second_time})")
     dt = jnp.dtype(self.dtype)
     b, height, width, c_in = x.shape
     mult = self.channel_mult
@@ -254,6 +266,10 @@ class UNet(nn.Module):
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (b,))
     emb = _dense(4 * nc, "time_embed_0", dt)(timestep_embedding(t, nc))
     emb = _dense(4 * nc, "time_embed_2", dt)(nn.silu(emb))
+    if self.second_time:
+      t2 = jnp.broadcast_to(jnp.asarray(t2, jnp.float32).reshape(-1), (b,))
+      emb2 = _dense(4 * nc, "time_embed_r_0", dt)(timestep_embedding(t2, nc))
+      emb = emb + _dense(4 * nc, "time_embed_r_2", dt)(nn.silu(emb2))
     if self.num_classes is not None:
       emb = emb + nn.Embed(self.num_classes, 4 * nc, dtype=dt, embedding_init=nn.initializers.normal(1.0),
                            name="label_emb")(y)
@@ -305,7 +321,7 @@ class UNet(nn.Module):
         k += 1
 
     h = nn.silu(_norm(h, "out_0"))
-    return _conv(c_in, "out_2", dt, zero=True)(h).astype(x.dtype)
+    return _conv(c_in * self.outputs, "out_2", dt, zero=True)(h).astype(x.dtype)
 
 
 def _flax_path(torch_prefix: str) -> tuple[str, ...]:
