@@ -14,7 +14,10 @@ is one pass, hence one NFE. `g(t)` is never a network call.
 
 The noise of step n is `normal(fold_in(key, n), x.shape)` for the whole batch, so
 a seed and a batch give the same samples whatever the number of devices the
-batch is sharded over (the draw does not depend on the sharding).
+batch is sharded over (the draw does not depend on the sharding). With one key
+per sample (`key` `[B, 2]`, or typed keys `[B]`), sample i's noise at step n is
+`normal(fold_in(key[i], n), shape)`: then the samples do not depend on the batch
+size either (`fm.evaluate.sampling` draws this way).
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ def integrate_sde(drift: Drift, diffusion: Diffusion | float, x0: jax.Array, key
     drift: `drift(t, x) -> [B, *shape]`, t a scalar `[]`, x `[B, *shape]`.
     diffusion: `g(t) -> []` scalar array, or a float for a constant g.
     x0: `[B, *shape]` floating initial state.
-    key: PRNG key; step n draws `normal(fold_in(key, n), x0.shape)`.
+    key: PRNG key; step n draws `normal(fold_in(key, n), x0.shape)`. Or one key per
+      sample (`[B, 2]` raw or `[B]` typed): sample i draws `normal(fold_in(key[i], n), shape)`.
     solver: one of `SDE_SOLVERS`.
     steps: number of uniform steps (static int >= 1).
     t0, t1: start and end times, t1 > t0.
@@ -78,9 +82,19 @@ def integrate_sde(drift: Drift, diffusion: Diffusion | float, x0: jax.Array, key
   def f(t, x):
     return jnp.asarray(drift(t, x), dtype)
 
+  key = jnp.asarray(key) if not _typed(key) else key
+  per_sample = key.ndim == (1 if _typed(key) else 2)
+  if per_sample and key.shape[0] != x0.shape[0]:
+    raise ValueError(f"per-sample keys must number the batch {x0.shape[0]}, got {key.shape[0]}")
+
+  def normal(n):
+    if per_sample:
+      return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, n), x0.shape[1:], dtype))(key)
+    return jax.random.normal(jax.random.fold_in(key, n), x0.shape, dtype)
+
   def step(x, n):
     t = t0 + n.astype(dtype) * h
-    dw = sqrt_h * jax.random.normal(jax.random.fold_in(key, n), x.shape, dtype)
+    dw = sqrt_h * normal(n)
     k1 = f(t, x)
     g0 = jnp.asarray(g(t), dtype)
     x_em = x + h * k1 + g0 * dw
@@ -97,3 +111,7 @@ def integrate_sde(drift: Drift, diffusion: Diffusion | float, x0: jax.Array, key
     info["trajectory"] = jnp.concatenate([x0[None], traj], axis=0)
     info["ts"] = t0 + jnp.arange(steps + 1, dtype=dtype) * h
   return x1, info
+
+
+def _typed(key) -> bool:
+  return jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key) if hasattr(key, "dtype") else False

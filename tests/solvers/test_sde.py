@@ -56,6 +56,19 @@ def test_noise_is_fold_in_of_the_step_and_zero_diffusion_is_euler():
     np.testing.assert_allclose(np.asarray(xs), np.asarray(xo), rtol=1e-6)
 
 
+def test_per_sample_keys_make_samples_independent_of_the_batch():
+  """With one key per sample, sample i is the same whether it is drawn alone or in a batch."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(6))
+  x0 = jnp.arange(12.0).reshape(6, 2)
+  run = lambda x, k: integrate_sde(lambda t, y: -y, lambda t: 1.0 + t, x, k, "stochastic_heun", steps=4)[0]
+  full = np.asarray(run(x0, keys))
+  parts = np.concatenate([np.asarray(run(x0[:2], keys[:2])), np.asarray(run(x0[2:], keys[2:]))])
+  np.testing.assert_allclose(full, parts, rtol=1e-6)
+  assert not np.allclose(full, np.asarray(run(x0, jax.random.PRNGKey(0))))
+  with pytest.raises(ValueError, match="per-sample keys must number the batch 6, got 2"):
+    run(x0, keys[:2])
+
+
 def test_trajectory_and_bad_input():
   x1, info = integrate_sde(lambda t, x: x, lambda t: t, jnp.ones((2, 1)), jax.random.PRNGKey(0),
                            steps=4, save_trajectory=True)
