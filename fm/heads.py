@@ -1,0 +1,84 @@
+"""What a run's network outputs, and the fields the samplers build from it.
+
+=================  ======================  =====================================================
+head               model options           fields
+=================  ======================  =====================================================
+velocity           (none)                  v(t, x); SDE: `fm.stochastic.flow_sde` (Gaussian path,
+                                           x0 ~ N(0, I) independent of x1)
+flow_score         outputs=2               v = first half; SDE: SF2M's v + noise^2 s_theta, g = noise sigma
+average_velocity   second_time=True        u(t, x, h) over [t, t + h]; v(t, x) = u(t, x, 0)
+=================  ======================  =====================================================
+
+A head is static and hashable (it crosses `jax.jit` as a static argument). Every field
+costs one network forward per call, so NFE = calls, whatever the solver.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from fm import paths as paths_lib
+from fm import stochastic
+
+__all__ = ["Head", "make", "NAMES", "MODEL_OPTIONS"]
+
+MODEL_OPTIONS = {"velocity": {}, "flow_score": {"outputs": 2}, "average_velocity": {"second_time": True}}
+NAMES = tuple(MODEL_OPTIONS)
+
+
+def _times(t, x):
+  return jnp.full((x.shape[0],), t, x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """How to read a network: `kind` is one of `NAMES`; `path` is the run's probability path."""
+  kind: str
+  path: Any = None
+
+  @property
+  def model_options(self) -> dict[str, Any]:
+    """Options the model must be built with (`fm.models.make(name, **options, **head.model_options)`)."""
+    return dict(MODEL_OPTIONS[self.kind])
+
+  def velocity(self, model, params, **model_extras) -> Callable:
+    """`v(t, x) -> [B, *shape]` with scalar t (the probability-flow ODE's field)."""
+    if self.kind == "velocity":
+      return lambda t, x: model.apply(params, _times(t, x), x, **model_extras)
+    if self.kind == "flow_score":
+      return lambda t, x: self.flow_and_score(model, params, **model_extras)(t, x)[0]
+    return lambda t, x: model.apply(params, _times(t, x), x, t2=jnp.zeros((x.shape[0],), x.dtype), **model_extras)
+
+  def flow_and_score(self, model, params, **model_extras) -> Callable:
+    """`(t, x) -> (v, s_theta)` from one forward (flow_score heads only)."""
+    from fm import sf2m  # pylint: disable=g-import-not-at-top  (sf2m imports paths only; kept local for clarity)
+    self._need("flow_score", "a flow and a score")
+    return lambda t, x: sf2m.split_flow_score(model.apply(params, _times(t, x), x, **model_extras))
+
+  def average_velocity(self, model, params, **model_extras) -> Callable:
+    """`u(t, x, h) -> [B, *shape]`, the average velocity over [t, t + h] (average_velocity heads only)."""
+    self._need("average_velocity", "an average velocity (MeanFlow)")
+    return lambda t, x, h: model.apply(params, _times(t, x), x, t2=jnp.full((x.shape[0],), h, x.dtype),
+                                       **model_extras)
+
+  def sde(self, model, params, noise: float, **model_extras) -> stochastic.SDE:
+    """The marginal-preserving SDE at diffusion scale `noise` (0: the probability-flow ODE)."""
+    if self.kind == "flow_score":
+      return stochastic.sf2m_sde(self.flow_and_score(model, params, **model_extras), self.path.sigma, noise)
+    if self.kind == "average_velocity":
+      raise ValueError("a MeanFlow run has no score: sample it with --solver meanflow or an ODE solver")
+    return stochastic.flow_sde(self.velocity(model, params, **model_extras), self.path, noise)
+
+  def _need(self, kind, what):
+    if self.kind != kind:
+      raise ValueError(f"this run's network does not output {what} (its head is {self.kind!r})")
+
+
+def make(kind: str = "velocity", path: paths_lib.Path | None = None) -> Head:
+  if kind not in MODEL_OPTIONS:
+    raise ValueError(f"unknown head {kind!r}; valid heads: {', '.join(NAMES)}")
+  if kind == "flow_score" and not isinstance(path, paths_lib.BrownianBridge):
+    raise ValueError(f"the flow_score head (SF2M) needs the Brownian-bridge path 'sb', got {path!r}")
+  return Head(kind, path)
