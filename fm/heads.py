@@ -9,8 +9,9 @@ flow_score         outputs=2               v = first half; SDE: SF2M's v + noise
 average_velocity   second_time=True        u(t, x, h) over [t, t + h]; v(t, x) = u(t, x, 0)
 =================  ======================  =====================================================
 
-A head is static and hashable (it crosses `jax.jit` as a static argument). Every field
-costs one network forward per call, so NFE = calls, whatever the solver.
+The model's own options say which head it has (`for_model`), so `velocity(model, params)`
+reads any run correctly. A head is static and hashable. Every field costs one network
+forward per call, so NFE = calls, whatever the solver.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from fm import paths as paths_lib
 from fm import stochastic
 
-__all__ = ["Head", "make", "NAMES", "MODEL_OPTIONS"]
+__all__ = ["Head", "make", "for_model", "NAMES", "MODEL_OPTIONS"]
 
 MODEL_OPTIONS = {"velocity": {}, "flow_score": {"outputs": 2}, "average_velocity": {"second_time": True}}
 NAMES = tuple(MODEL_OPTIONS)
@@ -34,9 +35,8 @@ def _times(t, x):
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-  """How to read a network: `kind` is one of `NAMES`; `path` is the run's probability path."""
+  """How to read a network: `kind` is one of `NAMES`."""
   kind: str
-  path: Any = None
 
   @property
   def model_options(self) -> dict[str, Any]:
@@ -63,22 +63,39 @@ class Head:
     return lambda t, x, h: model.apply(params, _times(t, x), x, t2=jnp.full((x.shape[0],), h, x.dtype),
                                        **model_extras)
 
-  def sde(self, model, params, noise: float, **model_extras) -> stochastic.SDE:
-    """The marginal-preserving SDE at diffusion scale `noise` (0: the probability-flow ODE)."""
+  def sde(self, model, params, noise: float, path: paths_lib.Path, **model_extras) -> stochastic.SDE:
+    """The marginal-preserving SDE at diffusion scale `noise` (0: the probability-flow ODE).
+
+    `path` is the run's probability path (its sigma for SF2M; its coefficients for a flow).
+    """
     if self.kind == "flow_score":
-      return stochastic.sf2m_sde(self.flow_and_score(model, params, **model_extras), self.path.sigma, noise)
+      if not isinstance(path, paths_lib.BrownianBridge):
+        raise ValueError(f"an SF2M network needs the Brownian-bridge path 'sb', got {path!r}")
+      return stochastic.sf2m_sde(self.flow_and_score(model, params, **model_extras), path.sigma, noise)
     if self.kind == "average_velocity":
       raise ValueError("a MeanFlow run has no score: sample it with --solver meanflow or an ODE solver")
-    return stochastic.flow_sde(self.velocity(model, params, **model_extras), self.path, noise)
+    return stochastic.flow_sde(self.velocity(model, params, **model_extras), path, noise)
 
   def _need(self, kind, what):
     if self.kind != kind:
       raise ValueError(f"this run's network does not output {what} (its head is {self.kind!r})")
 
 
-def make(kind: str = "velocity", path: paths_lib.Path | None = None) -> Head:
+def make(kind: str = "velocity") -> Head:
   if kind not in MODEL_OPTIONS:
     raise ValueError(f"unknown head {kind!r}; valid heads: {', '.join(NAMES)}")
-  if kind == "flow_score" and not isinstance(path, paths_lib.BrownianBridge):
-    raise ValueError(f"the flow_score head (SF2M) needs the Brownian-bridge path 'sb', got {path!r}")
-  return Head(kind, path)
+  return Head(kind)
+
+
+def for_model(model) -> Head:
+  """The head a model was built with, from its `outputs` / `second_time` options."""
+  outputs, second = getattr(model, "outputs", 1), getattr(model, "second_time", False)
+  if second and outputs != 1:
+    raise ValueError("a network with a second time (MeanFlow) and several outputs has no defined head")
+  if second:
+    return Head("average_velocity")
+  if outputs == 2:
+    return Head("flow_score")
+  if outputs != 1:
+    raise ValueError(f"a network with outputs={outputs} has no defined head; valid: 1 or 2 (SF2M)")
+  return Head("velocity")

@@ -17,27 +17,30 @@ def _model(kind):
 def test_fields_read_the_right_outputs():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)), jnp.float32)
   model, params = _model("flow_score")
-  head = heads.make("flow_score", paths.make("sb", sigma=0.5))
+  head = heads.for_model(model)
+  assert head == heads.make("flow_score")
   out = model.apply(params, jnp.full(3, 0.3), x)
   np.testing.assert_allclose(head.velocity(model, params)(0.3, x), out[:, :2], rtol=1e-6)
-  sde = head.sde(model, params, noise=2.0)
+  sde = head.sde(model, params, noise=2.0, path=paths.make("sb", sigma=0.5))
   np.testing.assert_allclose(sde.drift(0.3, x), out[:, :2] + 4.0 * out[:, 2:], rtol=1e-5)
   assert abs(float(sde.diffusion(jnp.asarray(0.3))) - 1.0) < 1e-6
 
   model, params = _model("average_velocity")
-  head = heads.make("average_velocity")
+  head = heads.for_model(model)
+  assert head == heads.make("average_velocity")
   u = head.average_velocity(model, params)
   np.testing.assert_allclose(head.velocity(model, params)(0.3, x), u(0.3, x, 0.0), rtol=1e-6)
   assert not np.allclose(u(0.3, x, 0.5), u(0.3, x, 0.0))
   with pytest.raises(ValueError, match="a MeanFlow run has no score"):
-    head.sde(model, params, 1.0)
+    head.sde(model, params, 1.0, paths.make("linear"))
 
   model, params = _model("velocity")
-  head = heads.make("velocity", paths.make("linear", sigma=0.0))
+  head, path = heads.for_model(model), paths.make("linear", sigma=0.0)
+  assert head == heads.make("velocity")
   v = head.velocity(model, params)
   np.testing.assert_allclose(v(0.3, x), model.apply(params, jnp.full(3, 0.3), x), rtol=1e-6)
-  m, _ = fm.stochastic.flow_noise_mean(head.path, jnp.asarray(0.3), x, v(0.3, x))
-  np.testing.assert_allclose(head.sde(model, params, 1.0).drift(0.3, x), v(0.3, x) - 0.5 * m, rtol=1e-5)
+  m, _ = fm.stochastic.flow_noise_mean(path, jnp.asarray(0.3), x, v(0.3, x))
+  np.testing.assert_allclose(head.sde(model, params, 1.0, path).drift(0.3, x), v(0.3, x) - 0.5 * m, rtol=1e-5)
   with pytest.raises(ValueError, match="does not output a flow and a score"):
     head.flow_and_score(model, params)
 
@@ -45,5 +48,8 @@ def test_fields_read_the_right_outputs():
 def test_bad_heads():
   with pytest.raises(ValueError, match="unknown head 'score'; valid heads: velocity, flow_score, average_velocity"):
     heads.make("score")
+  model, params = _model("flow_score")
   with pytest.raises(ValueError, match="needs the Brownian-bridge path 'sb'"):
-    heads.make("flow_score", paths.make("linear"))
+    heads.for_model(model).sde(model, params, 1.0, paths.make("linear"))
+  with pytest.raises(ValueError, match="outputs=3 has no defined head"):
+    heads.for_model(fm.models.make("mlp", outputs=3))

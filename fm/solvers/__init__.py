@@ -17,6 +17,9 @@ from fm.solvers.api import ADAPTIVE, FIXED_STEP, SOLVERS, check_tolerances, inte
 from fm.solvers.fixed import integrate_fixed, rk_stages
 from fm.solvers.meanflow import integrate_average
 from fm.solvers.sde import SDE_SOLVERS, integrate_sde
+
+MEANFLOW = ("meanflow",)
+SAMPLERS = SOLVERS + SDE_SOLVERS + MEANFLOW   # every name `fm sample --solver` takes
 from fm.solvers.tableau import DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUX, ButcherTableau
 
 __all__ = [
@@ -24,6 +27,8 @@ __all__ = [
     "integrate_sde",
     "integrate_average",
     "SDE_SOLVERS",
+    "MEANFLOW",
+    "SAMPLERS",
     "check_tolerances",
     "SOLVERS",
     "FIXED_STEP",

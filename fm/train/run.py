@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fm import methods, models
+from fm import heads, methods, models
 from fm import config as config_lib
 from fm.train import checkpoint, partitioning, state as state_lib
 
@@ -144,7 +144,9 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
 
 
 def velocity(model, params) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout)."""
-  def v(t, x):
-    return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x)
-  return v
+  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout).
+
+  The model's head (`fm.heads.for_model`) says how: an SF2M network's flow half, a
+  MeanFlow network's instantaneous velocity u(x, t, t).
+  """
+  return heads.for_model(model).velocity(model, params)
