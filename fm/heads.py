@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from fm import paths as paths_lib
 from fm import stochastic
 
-__all__ = ["Head", "make", "for_model", "NAMES", "MODEL_OPTIONS"]
+__all__ = ["Head", "make", "for_model", "check_sampler", "NAMES", "MODEL_OPTIONS"]
 
 MODEL_OPTIONS = {"velocity": {}, "flow_score": {"outputs": 2}, "average_velocity": {"second_time": True}}
 NAMES = tuple(MODEL_OPTIONS)
@@ -99,3 +99,27 @@ def for_model(model) -> Head:
   if outputs != 1:
     raise ValueError(f"a network with outputs={outputs} has no defined head; valid: 1 or 2 (SF2M)")
   return Head("velocity")
+
+
+def check_sampler(head: Head, solver: str, coupling: str, path: paths_lib.Path, source: str) -> None:
+  """ValueError (one sentence) unless `solver` can sample a run with this head, coupling, path and source.
+
+  `solver` is a name of `fm.solvers.SAMPLERS`; `source` names the run's x0 distribution
+  ("gaussian" for N(0, I)). An SDE from a plain flow needs x0 ~ N(0, I) drawn independently
+  of x1 on a path whose noise schedule is differentiable at t = 0 (not "sb").
+  """
+  from fm import solvers  # pylint: disable=g-import-not-at-top
+  if solver in solvers.MEANFLOW and head.kind != "average_velocity":
+    what = {"velocity": "a velocity", "flow_score": "a flow and a score"}[head.kind]
+    raise ValueError(f"solver 'meanflow' needs a MeanFlow run (method meanflow); this run's network outputs "
+                     f"{what}: use an ODE solver ({', '.join(solvers.SOLVERS)})")
+  if solver not in solvers.SDE_SOLVERS or head.kind == "flow_score":
+    return
+  if head.kind == "average_velocity":
+    raise ValueError(f"solver {solver!r} needs a score, which a MeanFlow run has not: use --solver meanflow "
+                     f"or an ODE solver")
+  if coupling != "independent" or source != "gaussian" or isinstance(path, paths_lib.BrownianBridge):
+    raise ValueError(f"solver {solver!r} derives the score from the velocity, which needs x0 ~ N(0, I) drawn "
+                     f"independently of x1 on a Gaussian path other than 'sb'; this run has coupling "
+                     f"{coupling!r}, source {source!r} and path {type(path).__name__}: train method sf2m for SDE "
+                     f"sampling, or use an ODE solver")

@@ -9,7 +9,13 @@ otcfm    exact minibatch OT                     linear(sigma)              0.1
 sbcfm    entropic OT, epsilon = 2 sigma^2       sb(sigma) Brownian bridge  1.0
 fm       independent (x0 ~ N(0, I))             lipman(sigma_min=sigma)    1e-4
 vp       independent                            vp(sigma)                  0.1
+sf2m     entropic OT, epsilon = 2 sigma^2       sb(sigma) Brownian bridge  1.0
+meanflow independent                            linear(0)                  0 (fixed)
 =======  =====================================  =========================  =============
+
+sf2m trains a flow and a score head (one network, 2x outputs; `fm.sf2m`), meanflow
+an average velocity u(x, t, r) (a second time input; `fm.meanflow`); their objectives
+replace the CFM loss below, and `HEADS` says what the network must output.
 
 The loss is the mean over all elements of (v_theta(t, x_t) - u_t)^2, as in TorchCFM,
 so loss values are comparable across codebases.
@@ -22,9 +28,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fm import couplings, paths, timesteps
+from fm import couplings, meanflow, paths, sf2m, timesteps
 
-__all__ = ["Method", "make", "NAMES", "DEFAULT_SIGMA"]
+__all__ = ["Method", "make", "NAMES", "DEFAULT_SIGMA", "HEADS"]
 
 # name -> (coupling name, path name, default sigma)
 _SPEC = {
@@ -34,7 +40,10 @@ _SPEC = {
     "sbcfm": ("sb", "sb", 1.0),
     "fm": ("independent", "lipman", 1e-4),
     "vp": ("independent", "vp", 0.1),
+    "sf2m": ("sb", "sb", 1.0),
+    "meanflow": ("independent", "linear", 0.0),
 }
+HEADS = {"sf2m": "flow_score", "meanflow": "average_velocity"}   # others: "velocity" (fm.heads)
 NAMES = tuple(_SPEC)
 DEFAULT_SIGMA = {name: spec[2] for name, spec in _SPEC.items()}
 
@@ -46,6 +55,7 @@ class Method:
   coupling: Callable
   path: paths.Path
   time_sampler: Callable
+  objective: Callable | None = None   # `objective(apply_fn, params, key, x0, x1)` on coupled pairs; None: CFM
 
   def loss(self, apply_fn, params, key, x0, x1):
     """CFM loss on one batch.
@@ -62,6 +72,9 @@ class Method:
     """
     k_couple, k_t, k_eps = jax.random.split(key, 3)
     x0, x1, info = self.coupling(k_couple, x0, x1)
+    if self.objective is not None:
+      loss, aux = self.objective(apply_fn, params, jax.random.fold_in(k_t, 1), x0, x1)
+      return loss, {**aux, **info}
     t = self.time_sampler(k_t, x0.shape[0], x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t, u_t = self.path.interpolate(x0, x1, t, eps)
@@ -88,8 +101,8 @@ def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
   if name not in _SPEC:
     raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(NAMES)}")
   coupling_name, path_name, default_sigma = _SPEC[name]
-  if name == "rf" and sigma not in (None, 0, 0.0):
-    raise ValueError(f"method 'rf' (rectified flow) has sigma = 0, got sigma={sigma!r}; use 'icfm' for sigma > 0")
+  if name in ("rf", "meanflow") and sigma not in (None, 0, 0.0):
+    raise ValueError(f"method {name!r} has sigma = 0, got sigma={sigma!r}; use 'icfm' for sigma > 0")
   sigma = default_sigma if sigma is None else sigma
   path_kwargs = {"sigma_min": sigma} if path_name == "lipman" else {"sigma": sigma}
   path = paths.make(path_name, **path_kwargs)
@@ -97,4 +110,9 @@ def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
     coupling_kwargs = {"sigma": sigma, **coupling_kwargs}
   coupling = couplings.make(coupling_name, mesh=mesh, **coupling_kwargs)
   sampler = timesteps.make(time_sampler, **(time_kwargs or {}))
-  return Method(name=name, coupling=coupling, path=path, time_sampler=sampler)
+  objective = None
+  if name == "sf2m":
+    objective = sf2m.SF2MLoss(path, sampler)
+  elif name == "meanflow":
+    objective = meanflow.MeanFlowLoss(path, meanflow.TimePairSampler())
+  return Method(name=name, coupling=coupling, path=path, time_sampler=sampler, objective=objective)

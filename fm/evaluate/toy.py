@@ -171,26 +171,46 @@ def evaluate_workdir(workdir: str) -> dict:
   return result
 
 
+def check_sampler(run, solver: str, source: str) -> None:
+  """ConfigError (one sentence) unless `solver` can sample this run (`fm.heads.check_sampler`)."""
+  from fm import config as config_lib, heads, methods  # pylint: disable=g-import-not-at-top
+  coupling = methods._SPEC[run.config.method][0]  # pylint: disable=protected-access
+  if run.config.get("reflow", {}).get("teacher"):
+    coupling = "teacher pairs (reflow)"
+  try:
+    heads.check_sampler(heads.for_model(run.model), solver, coupling, run.method.path, source)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+
+
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 1000, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
-                   step: int | None = None, max_steps: int | None = None, **unused) -> dict:
+                   step: int | None = None, max_steps: int | None = None, sde_noise: float | None = None,
+                   **unused) -> dict:
   """Samples a run into `out` (.npz) and a scatter plot beside it (`out` with .png for .npz).
 
   The npz holds `samples` `[num, 2]`, `nfe`, `solver`, `rtol`, `atol`, `steps`,
   `seed`, `checkpoint_step`, `max_steps`, `success` (False if dopri5 stopped
   at `max_steps` before t = 1: the samples are then not the flow's output) and
-  `provenance_*` (fm version and commit, JAX version, device).
+  `provenance_*` (fm version and commit, JAX version, device), and `sde_noise` (-1 for
+  non-SDE solvers). SDE noise: sample i draws from `sampling.noise_keys(PRNGKey(seed), 0, num)[i]`.
   """
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
   del unused
   run, params, step = run_lib.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
+  check_sampler(run, solver, source)
   x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
+  sde = solver in solvers.SDE_SOLVERS
+  keys = sampling.noise_keys(jax.random.PRNGKey(seed), 0, num) if sde else None
   x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps,
-                      max_steps=max_steps)
+                      max_steps=max_steps, noise=float(sde_noise if sde_noise is not None else 1.0) if sde else 0.0,
+                      path=run.method.path if sde else None, keys=keys)
   x1, info = partitioning.to_host((x1, info))
-  success = bool(info["success"])
+  success = bool(info.get("success", True))
   record = {"samples": x1, "nfe": int(info["nfe"]), "solver": solver, "rtol": rtol,
+            "sde_noise": float(sde_noise) if sde and sde_noise is not None else (1.0 if sde else -1.0),
             "atol": atol, "steps": -1 if steps is None else steps, "seed": seed, "checkpoint_step": step,
             "max_steps": -1 if max_steps is None else max_steps, "success": success,
             **provenance.npz_fields()}

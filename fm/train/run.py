@@ -63,14 +63,16 @@ def build(config: ml_collections.ConfigDict, shape: tuple[int, ...] = (2,), mesh
   coupling then pairs per `coupling.scope`); None for sampling and evaluation.
   """
   shape = tuple(int(s) for s in shape)
-  model = models.make(config.model.name, **model_kwargs(config))
+  head = heads.make(methods.HEADS.get(config.method, "velocity"))
+  model = models.make(config.model.name, **model_kwargs(config), **head.model_options)
   method = methods.make(config.method, mesh=mesh, **method_kwargs(config))
   tc = config.train
   optimizer = state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay)
 
   def init_fn(key):
-    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)))
+    extra = {"t2": jnp.zeros((1,))} if head.kind == "average_velocity" else {}
+    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), **extra)
 
   return Run(config, shape, model, method, optimizer,
              lambda: state_lib.create(init_fn, optimizer, config.seed))
@@ -81,8 +83,9 @@ def loss_fn(run: Run):
   def f(params, key, x0, x1):
     k_dropout = jax.random.fold_in(key, 0xD0)
 
-    def apply_fn(p, t, x):
-      return run.model.apply(p, t, x, train=True, rngs={"dropout": k_dropout})
+    def apply_fn(p, t, x, t2=None):
+      extra = {} if t2 is None else {"t2": t2}
+      return run.model.apply(p, t, x, train=True, rngs={"dropout": k_dropout}, **extra)
     return run.method.loss(apply_fn, params, key, x0, x1)
   return f
 
