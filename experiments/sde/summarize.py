@@ -31,6 +31,11 @@ def main(path):
   if "meanflow" in res:
     lines = [f"Budget: {budget} 2-rectified flow trains twice as long ({res['steps']} steps of 1-RF, then "
              f"{res['steps']} on 10 000 dopri5 teacher pairs).", "", table(res["meanflow"])]
+    extra = res.get("meanflow_extra") or (json.load(open(path.replace(".json", "_extra.json"))).get("meanflow_extra")
+                                          if os.path.isfile(path.replace(".json", "_extra.json")) else None)
+    if extra:
+      lines += ["", "MeanFlow variants (CIFAR time sampler): plain L2 (p = 0) at the same budget, and p = 0.75 "
+                "with 4x the steps:", "", table(extra)]
     open(os.path.join(here, "results_meanflow.md"), "w").write("\n".join(lines) + "\n")
   times = {k: round(v) for k, v in res.items() if k.endswith("train_s")}
   print("training seconds (shared 2-core machine under load):", times)
