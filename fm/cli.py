@@ -164,8 +164,11 @@ def _eval(args, overrides):
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
       inception=args.inception, fid_batch_size=args.fid_batch_size, bpd_num=args.bpd_num,
-      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes)
+      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
+      sde_noise=args.sde_noise)
   try:
+    if not args.nfe_sweep:
+      _check_solver(args)
     runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
@@ -327,7 +330,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--num", type=int, default=None, help="generated samples (default 50000 for images, "
                                                         "eval.num_samples for toys)")
   p.add_argument("--seed", type=int, default=None, help="noise / held-out seed (default eval.seed)")
-  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
+  p.add_argument("--solver", default="dopri5",
+                 help="one of fm.solvers.SAMPLERS (default dopri5); SDE solvers and meanflow serve w2 and fid")
+  p.add_argument("--sde-noise", type=float, default=None,
+                 help="SDE solvers: diffusion scale a (g = a sigma for sf2m, a s_t for a Gaussian-path flow; default 1)")
   p.add_argument("--rtol", type=float, default=None, help="dopri5 (default eval.rtol)")
   p.add_argument("--atol", type=float, default=None, help="dopri5 (default eval.atol)")
   p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")

@@ -34,3 +34,23 @@ def test_meanflow_one_step(smoke_runs, tmp_path):
   assert int(one["nfe"]) == 1 and np.isfinite(one["samples"]).all()
   assert int(_sample(workdir, tmp_path, "--solver", "meanflow", "--steps", "3")["nfe"]) == 3
   assert os.path.isfile(os.path.join(workdir, "eval.json"))
+
+
+def test_eval_with_an_sde_and_meanflow(smoke_runs, capsys):
+  """fm eval --solver euler_maruyama / meanflow: w2 records carry the sampler; ODE-only metrics are refused."""
+  import json
+  workdir = smoke_runs["sf2m"][2]
+  assert cli.main(["eval", "--workdir", workdir, "--metrics", "w2", "--solver", "euler_maruyama", "--steps", "10",
+                   "--sde-noise", "0.5"]) == 0
+  with open(os.path.join(workdir, "eval.jsonl")) as f:
+    rec = [json.loads(l) for l in f][-1]
+  assert rec["solver"] == "euler_maruyama" and rec["sde_noise"] == 0.5 and rec["nfe"] == 10 and rec["value"] > 0
+  capsys.readouterr()
+  assert cli.main(["eval", "--workdir", workdir, "--metrics", "nll", "--solver", "euler_maruyama",
+                   "--steps", "10"]) == 2
+  assert "metric 'nll' needs an ODE solver" in capsys.readouterr().err
+  workdir = smoke_runs["meanflow"][2]
+  assert cli.main(["eval", "--workdir", workdir, "--metrics", "w2", "--solver", "meanflow", "--steps", "1"]) == 0
+  with open(os.path.join(workdir, "eval.jsonl")) as f:
+    rec = [json.loads(l) for l in f][-1]
+  assert rec["solver"] == "meanflow" and rec["nfe"] == 1

@@ -45,11 +45,15 @@ def frechet_of_samples(samples: np.ndarray, inception: dict, mu: np.ndarray, sig
 
 def fid_of_run(run: run_lib.Run, params, sample_x0, inception: dict, mu: np.ndarray, sigma: np.ndarray,
                *, num: int, seed: int, solver: str, rtol: float, atol: float, steps: int | None,
-               batch_size: int = 256, fid_batch_size: int = 50, progress: bool = True) -> dict[str, Any]:
-  """FID of `num` generated images; returns `value`, NFE (mean per batch and total) and settings."""
+               batch_size: int = 256, fid_batch_size: int = 50, progress: bool = True, noise: float = 0.0,
+               path=None) -> dict[str, Any]:
+  """FID of `num` generated images; returns `value`, NFE (mean per batch and total) and settings.
+
+  `noise`, `path`: an SDE solver's diffusion scale and the run's path.
+  """
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
                                   solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8,
-                                  progress=progress, desc=f"FID samples ({solver})")
+                                  progress=progress, desc=f"FID samples ({solver})", noise=noise, path=path)
   value = frechet_of_samples(samples, inception, mu, sigma, fid_batch_size)
   nfe = info["nfe_per_batch"]
   return {"value": value, "nfe": float(np.mean(nfe)), "nfe_total": info["nfe_total"], "num_samples": num,

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from fm import likelihood, solvers
+from fm.data import toys as toys_lib
 from fm.evaluate import fid, image_metrics, nfe_sweep, records, reference, toy
 from fm.train import run as run_lib
 
@@ -57,6 +58,7 @@ class Options:
   divergence: str | None = None
   num_probes: int = 1
   progress: bool = True
+  sde_noise: float | None = None   # SDE solvers: the diffusion scale (None: 1)
 
 
 def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str, ...]:
@@ -73,10 +75,15 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
   if sweep_spec:
     nfe_sweep.parse(sweep_spec)
   else:
-    if opts.solver not in solvers.SOLVERS:
-      raise ValueError(f"--solver: invalid choice {opts.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
-    if opts.solver in solvers.FIXED_STEP and opts.steps is None:
+    if opts.solver not in solvers.SAMPLERS:
+      raise ValueError(f"--solver: invalid choice {opts.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
+    if opts.solver not in solvers.ADAPTIVE and opts.steps is None:
       raise ValueError(f"solver {opts.solver!r} is fixed-step: pass --steps N")
+    if opts.solver not in solvers.SOLVERS:
+      ode_only = [m for m in metrics if m not in _SAMPLE_METRICS]
+      if ode_only:
+        raise ValueError(f"metric {ode_only[0]!r} needs an ODE solver ({', '.join(solvers.SOLVERS)}), not "
+                         f"{opts.solver!r}; sample-based metrics: {', '.join(_SAMPLE_METRICS)}")
     if opts.solver in solvers.ADAPTIVE and opts.steps is not None:
       raise ValueError(f"solver {opts.solver!r} is adaptive: use --rtol/--atol, not --steps")
   for name in ("num", "steps", "batch_size", "fid_batch_size", "bpd_num", "bpd_batch_size", "num_probes"):
@@ -98,6 +105,9 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
   if opts.inception is not None and "fid" in metrics and os.path.isdir(opts.inception):
     raise ValueError(f"--inception {opts.inception!r} is a directory; pass the weights file")
   return tuple(metrics)
+
+
+_SAMPLE_METRICS = ("w2", "fid")   # metrics of samples alone: any sampler (ODE, SDE, MeanFlow) serves them
 
 
 class Evaluator:
@@ -163,9 +173,14 @@ class Evaluator:
     atol = self.atol if atol is None else atol
     fields = records.solver_fields(solver, rtol, atol, steps)
     ode = dict(solver=solver, rtol=rtol, atol=atol, steps=steps)
+    if solver in solvers.SDE_SOLVERS:
+      noise = 1.0 if self.opts.sde_noise is None else float(self.opts.sde_noise)
+      ode.update(noise=noise, path=self.run.method.path)
+      fields["sde_noise"] = noise
     start = time.time()
     if metric == "fid":
       from fm import data as data_lib  # pylint: disable=g-import-not-at-top
+      toy.check_sampler(self.run, solver, "gaussian")   # image runs start from N(0, I)
       name, options = data_lib.split_options(self.run.config.data.to_dict())
       sample_x0 = data_lib.x0_sampler(name, self.run.shape, **options)
       extra = self._fid["info"]
@@ -183,6 +198,7 @@ class Evaluator:
       args = (self.run.model, self.params, task, self.num, self.seed)
       extra = {"task": task}
       if metric == "w2":
+        toy.check_sampler(self.run, solver, toys_lib.parse_task(task)[0])
         result = toy.w2_at(*args, **ode)
       elif metric == "path_energy":
         result = toy.path_energy_at(*args, euler_steps=ec.euler_steps)

@@ -88,13 +88,21 @@ def _solver_kwargs(solver, rtol, atol, steps):
 
 
 def w2_at(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver: str = "dopri5",
-          rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None) -> dict:
-  """W2(samples, held-out target) and the NFE of one solver setting (the samples of `evaluate`)."""
+          rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, noise: float = 0.0,
+          path=None) -> dict:
+  """W2(samples, held-out target) and the NFE of one solver setting (the samples of `evaluate`).
+
+  SDE solvers (`noise`, the run's `path`) draw sample i's noise from `sampling.noise_keys(k_src, 0, n)[i]`.
+  """
+  from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
   source, target = toys.parse_task(task)
   k_src, k_tgt = eval_keys(seed)
   x0 = toys.sample(source, k_src, num_samples)
   y = toys.sample(target, k_tgt, num_samples)
-  x1, info = generate(model, params, x0, solver, **_solver_kwargs(solver, rtol, atol, steps))
+  sde = {}
+  if solver in solvers.SDE_SOLVERS:
+    sde = dict(noise=float(noise), path=path, keys=sampling.noise_keys(k_src, 0, num_samples))
+  x1, info = generate(model, params, x0, solver, **_solver_kwargs(solver, rtol, atol, steps), **sde)
   return {"value": float(_w2(x1, y)), "nfe": int(info["nfe"]), "num_samples": num_samples,
           "success": bool(info.get("success", True))}
 
