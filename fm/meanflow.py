@@ -37,14 +37,15 @@ class TimePairSampler:
   1 - sigmoid(m + s n) = sigmoid(-m - s n). The first `round(n * equal_fraction)` rows get
   r = t (the official code's `data_proportion`: a fixed count, not a coin per row).
 
+  Defaults are the paper's CIFAR-10 values (ImageNet: m = -0.4, s = 1, equal_fraction = 0.75).
+
   Attributes:
-    m, s: logit-normal location and scale in the paper's time (its CIFAR-10 values: -2, 2;
-      ImageNet: -0.4, 1).
+    m, s: logit-normal location and scale in the paper's time.
     equal_fraction: fraction of rows with r = t (1 - the paper's "ratio of r != t").
   """
-  m: float = -0.4
-  s: float = 1.0
-  equal_fraction: float = 0.75
+  m: float = -2.0
+  s: float = 2.0
+  equal_fraction: float = 0.25
 
   def __post_init__(self):
     if not (math.isfinite(self.s) and self.s > 0):
@@ -82,11 +83,11 @@ class MeanFlowLoss:
     path: a probability path (`fm.paths`): gives z_t and the conditional velocity v_t.
     times: the (t, r) sampler.
     p, c: adaptive weight w = 1 / (sum(err^2) + c)^p per sample, stop-gradient
-      (p = 0: plain squared error; the paper's CIFAR-10 uses p = 0.75, ImageNet p = 1, c = 1e-3).
+      (p = 0: plain squared error; defaults: the paper's CIFAR-10 p = 0.75, c = 1e-3; ImageNet p = 1).
   """
   path: object
   times: TimePairSampler
-  p: float = 1.0
+  p: float = 0.75
   c: float = 1e-3
 
   def __post_init__(self):
