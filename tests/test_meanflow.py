@@ -160,3 +160,16 @@ def _paths(tree, prefix=()):
       yield from _paths(v, prefix + (k,))
   else:
     yield prefix
+
+
+@pytest.mark.parametrize("name,kwargs", [(n, k) for n, k, _ in (getattr(m, "values", m) for m in MODELS)
+                                         if n != "mlp"])
+def test_meanflow_loss_differentiates_through_convolutions(name, kwargs):
+  """jax.grad of the jvp-based loss traces on CPU (Conv's custom gradient has no forward mode: jvp_safe)."""
+  model = fm.models.make(name, second_time=True, **kwargs)
+  x = jnp.zeros((2, 8, 8, 3))
+  params = jax.eval_shape(lambda k: model.init(k, jnp.zeros(2), x, t2=jnp.zeros(2)), jax.random.PRNGKey(0))
+  loss = meanflow.MeanFlowLoss(paths.make("linear"), meanflow.TimePairSampler())
+  grads = jax.eval_shape(jax.grad(lambda p: loss(lambda q, t, z, t2: model.apply(q, t, z, t2=t2), p,
+                                                 jax.random.PRNGKey(0), x, x)[0]), params)
+  assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
