@@ -30,7 +30,8 @@ import numpy as np
 from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
-from fm.train import partitioning, run as run_lib
+from fm import recipe
+from fm.train import partitioning
 from fm.train import workdir as workdir_lib
 
 _w2 = jax.jit(metrics.w2)
@@ -134,7 +135,7 @@ def nll_unavailable(task: str) -> str | None:
 @functools.partial(jax.jit, static_argnames=("model", "source", "divergence", "num_probes", "solver", "rtol",
                                              "atol", "steps"))
 def _log_prob(model, params, y, key, source, divergence, num_probes, solver, rtol, atol, steps):
-  v = run_lib.velocity(model, params)
+  v = recipe.velocity(model, params)
   logp, info = likelihood.log_prob(v, y, key=key, divergence=divergence, num_probes=num_probes,
                                    solver=solver, rtol=rtol, atol=atol, steps=steps,
                                    log_p0=lambda x: toys.log_prob(source, x))
@@ -167,7 +168,7 @@ def nll(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver
 
 def evaluate_workdir(workdir: str) -> dict:
   """Evaluates the latest checkpoint of a run; writes and returns `eval.json`'s content."""
-  run, params, step = run_lib.load(workdir)
+  run, params, step = recipe.load(workdir)
   ec = run.config.eval
   result = {"step": step, "method": run.config.method, "task": run.config.data.task,
             "seed": run.config.seed, "num_samples": ec.num_samples, "rtol": ec.rtol, "atol": ec.atol,
@@ -181,14 +182,15 @@ def evaluate_workdir(workdir: str) -> dict:
 
 def check_sampler(run, solver: str, source: str) -> None:
   """ConfigError (one sentence) unless `solver` can sample this run (`fm.heads.check_sampler`)."""
-  from fm import config as config_lib, heads, methods  # pylint: disable=g-import-not-at-top
-  coupling = methods._SPEC[run.config.method][0]  # pylint: disable=protected-access
+  from fm import heads  # pylint: disable=g-import-not-at-top
+  from fm.errors import UserError  # pylint: disable=g-import-not-at-top
+  coupling = run.config.coupling.name
   if run.config.get("reflow", {}).get("teacher"):
     coupling = "teacher pairs (reflow)"
   try:
     heads.check_sampler(heads.for_model(run.model), solver, coupling, run.method.path, source)
   except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
+    raise UserError(str(e)) from None
 
 
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 1000, seed: int = 0,
@@ -206,7 +208,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
   from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
   del unused
-  run, params, step = run_lib.load(workdir, step)
+  run, params, step = recipe.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
   check_sampler(run, solver, source)
   x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
@@ -237,7 +239,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
 
 def trajectories(workdir: str, num: int = 256, steps: int = 100, seed: int = 0) -> np.ndarray:
   """Euler trajectories `[steps + 1, num, 2]` of a run, for figures."""
-  run, params, _ = run_lib.load(workdir)
+  run, params, _ = recipe.load(workdir)
   source, _ = toys.parse_task(run.config.data.task)
   x0 = np.asarray(toys.sample(source, eval_keys(seed)[0], num))
   _, info = generate(run.model, params, _sharded(x0, params), "euler", steps=steps, save_trajectory=True)

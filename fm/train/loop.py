@@ -1,4 +1,9 @@
-"""`train_and_evaluate(config, workdir)`: the one training loop for every method.
+"""`train(config, workdir, run, loss_fn, source, mesh)`: the one training loop for every method.
+
+The loop is handed what it trains (`fm.experiment` assembles it with
+`fm.recipe` and holds the workdir lock): a resolved config, the built run and
+its loss, the data source, the mesh and a factory of its periodic evaluators;
+it imports neither the recipe nor the evaluators.
 
 Per dispatch the host runs a jitted, state-donating `multi_step` of up to
 `train.steps_per_call` steps; chunks end on log and checkpoint steps. Metrics of
@@ -33,14 +38,12 @@ import numpy as np
 import tqdm
 
 from fm import config as config_lib
-from fm import data as data_lib
 from fm import provenance
-from fm.data import pairs as pairs_lib
-from fm.train import checkpoint, partitioning, reflow, run as run_lib, step as step_lib, tensorboard
+from fm.train import checkpoint, partitioning, reflow, step as step_lib, tensorboard
 from fm.train import state as state_lib
 from fm.train import workdir as workdir_lib
 
-__all__ = ["train_and_evaluate", "train", "prepare", "TrainingError", "Preempted"]
+__all__ = ["train", "prepare", "TrainingError", "Preempted"]
 
 log = logging.getLogger("fm")
 
@@ -59,13 +62,13 @@ class Preempted(Exception):
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """Validates the config and its fit with an existing workdir; writes nothing.
+  """Checks a resolved config's (`fm.recipe.resolve`) fit with an existing workdir; writes nothing.
 
-  On resume only `workdir_lib.RESUMABLE` settings may differ from config.json,
-  train.steps may not drop below the latest checkpoint nor change the schedule
-  of the steps taken, and the reflow teacher is needed only until its pairs are stored.
+  On resume only `workdir_lib.RESUMABLE` settings may differ from config.json
+  (an old-shape config.json is compared in the new shape), train.steps may not
+  drop below the latest checkpoint nor change the schedule of the steps taken,
+  and the reflow teacher is needed only until its pairs are stored.
   """
-  config_lib.validate(config)
   workdir_lib.check_path(workdir)
   saved = _saved_config(workdir)
   latest = checkpoint.latest_step(workdir) if os.path.isdir(workdir) else None
@@ -81,14 +84,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
 
 
 def _saved_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  """config.json in the canonical shape, or None if there is none."""
+  if not os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise config_lib.ConfigError(f"{path} cannot be read ({e}); restore it or use a new workdir") from e
+  return config_lib.to_dict(workdir_lib.read_config(workdir))
 
 
 def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
@@ -107,14 +106,6 @@ def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
 
 def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
-
-
-def train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains to `config.train.steps` (resuming from the workdir); returns the final `TrainState`."""
-  config = prepare(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.lock(workdir):
-    return _train(config, workdir)[0]
 
 
 def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
@@ -165,29 +156,22 @@ class _NonFinite(Exception):
     self.step = step
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str):
-  """`train` inside the workdir lock; returns `(state, start step)`."""
+def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source, mesh, *,
+          make_evaluators=None, teacher_step: int | None = None):
+  """Trains to `config.train.steps`, resuming from the workdir; returns `(state, start step)`.
+
+  Called with the workdir lock held (`workdir_lib.lock`) and a resolved config
+  that passed `prepare`. `run` (`fm.recipe.Run`) and `loss_fn(params, key, x0, x1)`
+  are built for `source.shape` on `mesh`. `make_evaluators()` (called once the
+  run is known to go on, so a finished run's workdir is left as it is) gives the
+  evaluators called every `eval.every` steps as `f(step, ema_params, writer) -> dict`.
+  """
   tc = config.train
-  name, options = data_lib.split_options(config_lib.to_dict(config.data))
-  source = data_lib.make(name, tc.batch_size, **options)
-  teacher_step = None
-  if config.reflow.teacher:
-    pairs = reflow.load_or_make_pairs(
-        workdir, config.reflow.teacher, source.sample_x0, config.reflow.num_pairs, config.seed,
-        solver=config.reflow.solver, rtol=config.reflow.rtol, atol=config.reflow.atol,
-        steps=config.reflow.steps)
-    teacher_step = pairs["teacher_step"]
-    at = f" (checkpoint {teacher_step})" if teacher_step is not None else ""
-    source = pairs_lib.source(source, pairs, tc.batch_size,
-                              f"reflow pairs from teacher {config.reflow.teacher}{at} on {source.description}")
-  # Data parallelism (fm.train.partitioning): batch sharded over every device, state replicated.
-  mesh = partitioning.make_mesh()
-  run = run_lib.build(config, source.shape, mesh=mesh)
   data_sharding = partitioning.batch_sharding(mesh) if mesh.size > 1 else None
 
   lr_schedule = state_lib.make_schedule(tc.lr, tc.steps, tc.schedule, tc.warmup_steps)
   multi_step = jax.jit(
-      step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, source.batch_fn, tc.ema_decay,
+      step_lib.make_multi_step(loss_fn, run.optimizer, source.batch_fn, tc.ema_decay,
                                data_sharding),
       donate_argnums=0)
   abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
@@ -197,13 +181,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
   if state is None:
     state = partitioning.init_replicated(run.init_state, mesh)
   if partitioning.is_writer():
-    run_lib.write_source_info(workdir, source)
+    workdir_lib.write_source_info(workdir, source)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   data = None if source.data is None else partitioning.replicate(source.data, mesh)
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   workdir_lib.trim_metrics(workdir, start)
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
-  evaluators = evaluate.periodic(run, source, config, workdir)
+  evaluators = list(make_evaluators()) if make_evaluators is not None else []
   eval_every = config.eval.get("every", 0) if evaluators else 0
   writer = tensorboard.Writer(workdir, enabled=config.train.get("tensorboard", True))
 
@@ -318,27 +301,3 @@ def _stop_non_finite(workdir: str, ckpt, state, failed_at: int) -> TrainingError
       f"state is saved as checkpoint {good} in {workdir}; to continue from it re-run with a lower "
       f"--config.train.lr or a --config.train.grad_clip > 0 (both may change on resume and the change "
       f"is recorded in {workdir_lib.HISTORY_FILE})")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains, then (if `config.eval.at_end`) evaluates the EMA model into `eval.json`.
-
-  A finished run whose eval.json is of its last step and current eval settings
-  is not evaluated again (`fm eval` does that); its eval.json is returned.
-  """
-  config = prepare(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.lock(workdir):
-    state, start = _train(config, workdir)
-    if not config.eval.get("at_end", True):
-      return state
-    from fm import evaluate  # pylint: disable=g-import-not-at-top
-    if start >= config.train.steps:
-      previous = evaluate.up_to_date(workdir, int(jax.device_get(state.step)))
-      if previous is not None:
-        log.info("%s: eval.json is up to date (fm eval evaluates again)", workdir)
-        return previous
-    result = evaluate.evaluate_workdir(workdir)
-    for warning in result.get("warnings", []):
-      log.warning("warning: %s", warning)
-    return result

@@ -7,9 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm import evaluate
-from fm.train import loop
 from train.helpers import ROOT, restore_state
 
 
@@ -34,7 +35,7 @@ def _config(folder, model=None, **overrides):
           "eval.every": "10", "eval.num_samples": "8", "eval.grid_steps": "2", "train.warmup_steps": "0"}
   base.update(overrides)
   config = config_lib.apply_overrides(config, list(base.items()))
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -46,7 +47,7 @@ def folder(tmp_path, monkeypatch):
 
 def test_image_run_end_to_end(folder, tmp_path):
   workdir = str(tmp_path / "run")
-  result = loop.train_and_evaluate(_config(folder), workdir)
+  result = experiment.train_and_evaluate(_config(folder), workdir)
   assert result["step"] == 20 and result["nfe"] > 0 and result["dopri5_success"]
   with open(os.path.join(workdir, "source.json")) as f:
     source = json.load(f)
@@ -78,9 +79,9 @@ def test_image_run_end_to_end(folder, tmp_path):
 
 def test_image_run_resumes_bitwise(folder, tmp_path):
   ref, parts = str(tmp_path / "ref"), str(tmp_path / "parts")
-  loop.train(_config(folder, **{"train.steps": "20"}), ref)
-  loop.train(_config(folder, **{"train.steps": "10"}), parts)
-  loop.train(_config(folder, **{"train.steps": "20"}), parts)
+  experiment.train(_config(folder, **{"train.steps": "20"}), ref)
+  experiment.train(_config(folder, **{"train.steps": "10"}), parts)
+  experiment.train(_config(folder, **{"train.steps": "20"}), parts)
   a = restore_state(ref, _config(folder))
   b = restore_state(parts, _config(folder))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
