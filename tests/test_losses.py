@@ -27,11 +27,17 @@ def test_presets_fill_the_loss_and_options_reach_it():
     ([("method", "meanflow"), ("path.sigma", "0.1")], "method 'meanflow' has sigma = 0"),
     ([("method", "meanflow"), ("loss.equal_fraction", "2.0")], "equal_fraction must lie in"),
     ([("method", "icfm"), ("loss.name", "sf2m")], "sf2m needs the Brownian-bridge path 'sb'"),
-    ([("method", "sf2m"), ("model.outputs", "1")], "loss 'sf2m' needs outputs=2"),
 ])
 def test_bad_loss_config(overrides, match):
   with pytest.raises((UserError, config_lib.ConfigError), match=match):
     _resolve(*overrides)
+
+
+def test_a_config_file_cannot_contradict_the_head():
+  config = config_lib.load(SMOKE)
+  config.method, config.model.outputs = "sf2m", 1
+  with pytest.raises(UserError, match="config key 'model.outputs': loss 'sf2m' needs outputs=2"):
+    recipe.resolve(config)
 
 
 def test_registry():
