@@ -22,9 +22,7 @@ def smoke_runs(tmp_path_factory):
   from fm import experiment  # pylint: disable=g-import-not-at-top
   out = {}
   for method in methods.NAMES:
-    # MeanFlow on 2D toys: plain L2 (loss.p = 0); the paper's adaptive weight is for images (docs/meanflow.md)
-    extra = [("loss.p", "0")] if method == "meanflow" else []
-    config = config_lib.apply_overrides(config_lib.load(SMOKE), [("method", method)] + extra)
+    config = config_lib.apply_overrides(config_lib.load(SMOKE), [("method", method)])
     workdir = str(tmp_path_factory.mktemp(method))
     result = experiment.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
