@@ -85,7 +85,8 @@ class Method:
       coupling's info, e.g. `cost_before`, `cost_after`).
     """
     k_couple, k_t, k_eps = jax.random.split(key, 3)
-    x0, x1, info = self.coupling(k_couple, x0, x1)
+    i0, i1, info = self.coupling(k_couple, x0, x1)
+    x0, x1 = couplings.apply(i0, i1, x0, x1)
     if self.objective is not None:
       loss, aux = self.objective(lambda p, t, x, *a: apply_fn(p, t, x, *a, **extras), params,
                                  jax.random.fold_in(k_t, 1), x0, x1)

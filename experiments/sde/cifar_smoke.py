@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from fm import config as config_lib, recipe, solvers
+from fm.data import images as images_lib
 from fm.evaluate import images as images_eval, sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,7 +77,7 @@ def main():
     for solver, kw in plan:
       x1, info = sampling.generate(run.model, params, x0, solver, **kw)
       png = os.path.join(args.out, f"cifar_{method}_{solver}{kw.get('steps', '')}.png")
-      images_eval.save_grid(png, sampling.to_uint8(np.asarray(x1)))
+      images_eval.save_grid(png, images_lib.to_uint8(np.asarray(x1)))
       res[method]["grids"][os.path.basename(png)] = int(info["nfe"])
       print(method, solver, "NFE", int(info["nfe"]), png, flush=True)
     with open(os.path.join(args.out, "cifar_smoke.json"), "w") as f:

@@ -24,7 +24,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -36,6 +35,7 @@ import tqdm
 
 from fm.data import folder
 from fm.data.base import Source
+from fm.io import files
 
 __all__ = ["check_options", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
            "default_cache_dir"]
@@ -58,8 +58,12 @@ def to_float(u8):
 
 
 def to_uint8(x):
-  """Inverse of `to_float` for float images in [-1, 1] (clipped, rounded)."""
-  return jnp.round(jnp.clip((x + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
+  """Inverse of `to_float` for float images in [-1, 1]: `round((x + 1) * 127.5)` clipped to [0, 255], uint8.
+
+  NumPy in, NumPy out (host post-processing of samples); a JAX array (or a tracer) stays in JAX.
+  """
+  xp = np if isinstance(x, np.ndarray) else jnp
+  return xp.round(xp.clip((x + 1.0) * 127.5, 0, 255)).astype(xp.uint8)
 
 
 def downscale(arr: np.ndarray, size: int) -> np.ndarray:
@@ -164,14 +168,9 @@ def _cache_paths(cache_dir: str, key: str):
 
 
 def _atomic_write(path: str, write) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  # The cache is per host (each host of a multi-process run keeps its own copy): every process may write.
+  with files.atomic(path, per_process=True) as f:
+    write(f)
 
 
 def _check_options(path, dataset, split, image_size, limit):

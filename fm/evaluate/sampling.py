@@ -26,7 +26,7 @@ from fm import heads, solvers
 from fm import recipe
 from fm.train import partitioning
 
-__all__ = ["generate", "sample", "initial_points", "noise_keys", "to_uint8", "NOISE_STREAM"]
+__all__ = ["generate", "sample", "initial_points", "noise_keys", "NOISE_STREAM"]
 
 NOISE_STREAM = 0x5DE   # fold_in(key, NOISE_STREAM): the SDE noise stream, apart from the x0 stream
 
@@ -69,11 +69,6 @@ def noise_keys(key: jax.Array, start: int, count: int) -> jax.Array:
   """`[count, 2]`: the SDE noise keys of samples `start .. start + count - 1`."""
   stream = jax.random.fold_in(key, NOISE_STREAM)
   return jax.vmap(lambda i: jax.random.fold_in(stream, i))(start + jnp.arange(count))
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """Images in [-1, 1] -> uint8 by `round((x + 1) * 127.5)`, clipped to [0, 255]."""
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_size: int,

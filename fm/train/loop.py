@@ -39,6 +39,7 @@ import tqdm
 
 from fm import config as config_lib
 from fm import provenance
+from fm.io import files
 from fm.train import checkpoint, partitioning, reflow, step as step_lib, tensorboard
 from fm.train import state as state_lib
 from fm.train import workdir as workdir_lib
@@ -94,7 +95,8 @@ def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
   """Counts the steps in `(first, last]` whose coupling solver did not converge; warns once if any."""
   count = sum(int(s["count"]) for s in stats_list)
   bad = count - int(round(sum(float(s["sums"]["converged"]) for s in stats_list)))
-  coupling = getattr(coupling, "coupling", coupling)  # a `Scoped` wrapper (fm.couplings.scope) names its inner one
+  while hasattr(coupling, "coupling"):  # wrappers (`Scoped`, `WithinClass`) name their inner coupling
+    coupling = coupling.coupling
   if bad:
     hint = ("raise coupling.max_iterations or coupling.threshold" if hasattr(coupling, "max_iterations")
             else "the JAX auction hit its round limit; try another coupling.solver")
@@ -133,9 +135,9 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
     log.info("%s: already finished at step %d", workdir, start)
     if not changes and not failures:
       return state, start   # nothing to record: the workdir is left as it is
-  workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), new)
+  files.write_json(os.path.join(workdir, "config.json"), new, sort_keys=True)
   prov = provenance.record()
-  workdir_lib.write_json_atomic(os.path.join(workdir, "provenance.json"), prov)
+  files.write_json(os.path.join(workdir, "provenance.json"), prov, sort_keys=True)
   extra = {"changes": changes} if changes else {}
   extra["provenance"] = prov
   if failures:
@@ -180,8 +182,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
     return state, start
   if state is None:
     state = partitioning.init_replicated(run.init_state, mesh)
-  if partitioning.is_writer():
-    workdir_lib.write_source_info(workdir, source)
+  workdir_lib.write_source_info(workdir, source)   # process 0
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   data = None if source.data is None else partitioning.replicate(source.data, mesh)
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
@@ -231,19 +232,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
     if "converged" in row:
       row["coupling_unconverged"] = _warn_unconverged(run.method.coupling, stats_list, prev_row_step, at_step)
     prev_row_step = at_step
-    if partitioning.is_writer():
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    files.append_jsonl(metrics_path, row)   # process 0
     writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-    if bar.disable and partitioning.is_writer():
+    if bar.disable and files.is_writer():
       log.info("step %d loss %.5f (%.0f steps/s)", at_step, row["loss"], row["steps_per_sec"])
 
   step = start
   try:
     with tqdm.tqdm(total=tc.steps, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
                    unit="step", dynamic_ncols=True,
-                   disable=None if partitioning.is_writer() else True) as bar:
+                   disable=None if files.is_writer() else True) as bar:
       while step < tc.steps and not partitioning.any_process(stop["signum"] is not None):
         end = min(step + tc.steps_per_call, _next_multiple(step, tc.log_every),
                   _next_multiple(step, tc.checkpoint_every), tc.steps,

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from fm import config as config_lib
-from fm.io import torch_pickle
+from fm.io import files, torch_pickle
 
 __all__ = ["import_checkpoint"]
 
@@ -76,9 +76,7 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
   config.train.steps = max(step, 1)
 
   os.makedirs(workdir, exist_ok=True)
-  import json  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
+  files.write_json(os.path.join(workdir, "config.json"), config_lib.to_dict(config), sort_keys=True)
   sha = _sha256(path)
   recipe.write_source_info(workdir, Source(
       name="images", shape=tuple(image_shape), batch_fn=None, data=None, sample_x0=None, kind="images",
