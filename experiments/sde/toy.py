@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fm
-from fm import meanflow, metrics, paths, sf2m, stochastic, timesteps
+from fm import couplings, meanflow, metrics, paths, sf2m, stochastic, timesteps
 from fm.data import toys
 from fm.solvers import integrate, integrate_average, integrate_sde
 from fm.train import state as state_lib
@@ -81,7 +81,8 @@ def couple_then(method, objective):
   """A loss that pairs with the method's coupling, then applies `objective` to the pairs."""
   def loss(apply_fn, params, key, x0, x1):
     k_c, k = jax.random.split(key)
-    x0, x1, info = method.coupling(k_c, x0, x1)
+    i0, i1, info = method.coupling(k_c, x0, x1)
+    x0, x1 = couplings.apply(i0, i1, x0, x1)
     value, aux = objective(apply_fn, params, k, x0, x1)
     return value, {**aux, **info}
   return loss
