@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -95,6 +96,24 @@ def _check_out(out: str) -> None:
   workdir_lib.check_writable_dir(directory, "directory of --out")
 
 
+def _check_solver(args) -> None:
+  """--solver, --steps and --sde-noise agree (names from fm.solvers; SDEs default to --sde-noise 1)."""
+  from fm import solvers  # pylint: disable=g-import-not-at-top
+  if args.solver not in solvers.SAMPLERS:
+    raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
+  if args.solver not in solvers.ADAPTIVE and args.steps is None:
+    raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
+  if args.solver in solvers.ADAPTIVE and args.steps is not None:
+    raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  noise = getattr(args, "sde_noise", None)
+  if noise is not None and args.solver not in solvers.SDE_SOLVERS:
+    raise UsageError(f"--sde-noise is for the SDE solvers ({', '.join(solvers.SDE_SOLVERS)}), not {args.solver!r}")
+  if noise is not None and not (math.isfinite(noise) and noise >= 0):
+    raise UsageError(f"--sde-noise must be a finite number >= 0, got {noise}")
+  if args.solver in solvers.SDE_SOLVERS and noise is None:
+    args.sde_noise = 1.0
+
+
 def _sample(args, overrides):
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
@@ -102,12 +121,7 @@ def _sample(args, overrides):
   out = args.out or os.path.join(args.workdir, "samples.npz")
   _check_out(out)
   from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
-  if args.solver not in solvers.SOLVERS:
-    raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
-  if args.solver in solvers.FIXED_STEP and args.steps is None:
-    raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
-  if args.solver in solvers.ADAPTIVE and args.steps is not None:
-    raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  _check_solver(args)
   for name in ("num", "steps", "max_steps", "batch_size"):
     value = getattr(args, name)
     if value is not None and value <= 0:
@@ -125,7 +139,7 @@ def _sample(args, overrides):
       raise UsageError(f"--png-dir {args.png_dir!r} exists and is not a directory")
     workdir_lib.check_path(args.png_dir, what="--png-dir")
   kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
-                steps=args.steps, step=args.step, max_steps=args.max_steps)
+                steps=args.steps, step=args.step, max_steps=args.max_steps, sde_noise=args.sde_noise)
   if kind == "images":
     kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
   info = evaluate.sample_workdir(args.workdir, out, **kwargs)
@@ -149,8 +163,11 @@ def _eval(args, overrides):
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
       inception=args.inception, fid_batch_size=args.fid_batch_size, fid_preprocessing=args.fid_preprocessing,
       fid_subsets=args.fid_subsets, bpd_num=args.bpd_num,
-      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes)
+      bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
+      sde_noise=args.sde_noise)
   try:
+    if not args.nfe_sweep:
+      _check_solver(args)
     runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
@@ -289,16 +306,21 @@ def _parser() -> argparse.ArgumentParser:
   _add_distributed_flags(p)
   p.set_defaults(fn=_train)
 
-  p = sub.add_parser("sample", help="sample a trained run with an ODE solver",
+  p = sub.add_parser("sample", help="sample a trained run with an ODE or SDE solver (or MeanFlow's jumps)",
                      description="Sample the EMA model of a run's checkpoint; writes OUT (.npz: samples, "
                                  "nfe, solver settings, seed, success) and beside it the same name with .png "
                                  "in place of .npz (WORKDIR/samples.png by default): a scatter plot (toy runs) "
                                  "or an 8x8 grid of the first 64 images (image runs).")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
+  p.add_argument("--solver", default="dopri5",
+                 help="one of fm.solvers.SAMPLERS: ODE (euler, midpoint, heun, rk4, dopri5), SDE (euler_maruyama, "
+                      "stochastic_heun) or meanflow (default dopri5)")
   p.add_argument("--rtol", type=float, default=1e-5)
   p.add_argument("--atol", type=float, default=1e-5)
-  p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")
+  p.add_argument("--steps", type=int, default=None, help="steps for fixed-step, SDE and meanflow solvers")
+  p.add_argument("--sde-noise", type=float, default=None,
+                 help="SDE solvers: diffusion scale a (g = a sigma for sf2m, a s_t for a Gaussian-path flow; "
+                      "0 = the ODE; default 1)")
   p.add_argument("--max-steps", type=int, default=4096,
                  help="dopri5: most attempted steps; a solve that hits it is reported (default 4096)")
   p.add_argument("--num", type=int, default=1000)
@@ -321,7 +343,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--num", type=int, default=None, help="generated samples (default 50000 for images, "
                                                         "eval.num_samples for toys)")
   p.add_argument("--seed", type=int, default=None, help="noise / held-out seed (default eval.seed)")
-  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
+  p.add_argument("--solver", default="dopri5",
+                 help="one of fm.solvers.SAMPLERS (default dopri5); SDE solvers and meanflow serve w2 and fid")
+  p.add_argument("--sde-noise", type=float, default=None,
+                 help="SDE solvers: diffusion scale a (g = a sigma for sf2m, a s_t for a Gaussian-path flow; default 1)")
   p.add_argument("--rtol", type=float, default=None, help="dopri5 (default eval.rtol)")
   p.add_argument("--atol", type=float, default=None, help="dopri5 (default eval.atol)")
   p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")

@@ -22,12 +22,12 @@ import ml_collections
 import optax
 
 from fm import config as config_lib
-from fm import couplings, data, methods, models, paths, solvers, timesteps
+from fm import couplings, data, heads, losses, methods, models, paths, solvers, timesteps
 from fm.errors import UserError
 from fm.train import checkpoint, partitioning, reflow, state as state_lib
 from fm.train.workdir import SOURCE_FILE, check_run, read_config, read_source_info, write_source_info
 
-__all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "load", "compose", "model_kwargs", "data_options",
+__all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "head", "load", "compose", "model_kwargs", "data_options",
            "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
            "SOURCE_FILE"]
 
@@ -50,8 +50,21 @@ def _hashable(v):
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The model's options: `config.model` without `name` (lists made tuples, so the module hashes)."""
-  return {k: _hashable(v) for k, v in config_lib.to_dict(config.model).items() if k != "name"}
+  """The model's options: `config.model` without `name` (lists made tuples, so the module hashes), plus
+  what the loss's head needs (`fm.heads`: `outputs=2` for sf2m, `second_time=True` for meanflow)."""
+  options = {k: _hashable(v) for k, v in config_lib.to_dict(config.model).items() if k != "name"}
+  for key, value in head(config).model_options.items():
+    if options.get(key, value) != value:
+      raise UserError(f"bad value {options[key]!r} for config key 'model.{key}': loss "
+                      f"{config.loss.name!r} needs {key}={value!r} (set by the method)")
+    options[key] = value
+  return options
+
+
+def head(config: ml_collections.ConfigDict) -> heads.Head:
+  """What the network of a canonical config outputs, from its loss (`fm.losses.HEADS`)."""
+  loss = config.get("loss", {}).get("name") or "cfm"
+  return heads.make(losses.HEADS.get(loss, "velocity"))
 
 
 def data_options(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
@@ -69,6 +82,7 @@ def compose(d: dict[str, Any], mesh=None) -> methods.Method:
   coupling_name, coupling_options = _options(d, "coupling")
   path_name, path_options = _options(d, "path")
   time_name, time_options = _options(d, "time")
+  loss_name, loss_options = _options(d, "loss")
   extra = sorted(set(path_options) - {"sigma"})
   if extra:
     raise UserError(f"config key 'path.{extra[0]}' is not an option of path {path_name!r}; the path section "
@@ -86,7 +100,11 @@ def compose(d: dict[str, Any], mesh=None) -> methods.Method:
       if isinstance(e, UserError):
         raise
       raise UserError(f"bad config {key!r}: {e}") from e
-  return methods.compose(pieces["coupling"], pieces["path"], pieces["time"], name=d["method"])
+  try:
+    objective = losses.make(loss_name, pieces["path"], pieces["time"], **loss_options)
+  except (ValueError, TypeError) as e:
+    raise UserError(f"bad config 'loss': {e}") from e
+  return methods.compose(pieces["coupling"], pieces["path"], pieces["time"], name=d["method"], objective=objective)
 
 
 def _choice(key, value, choices):
@@ -115,7 +133,8 @@ def resolve(config) -> ml_collections.ConfigDict:
   f = config_lib.flatten(d)
   _choice("method", f["method"], methods.NAMES)
   d = config_lib.canonical(d)
-  for section, names in (("coupling", couplings.NAMES), ("path", paths.NAMES), ("time", timesteps.NAMES)):
+  for section, names in (("coupling", couplings.NAMES), ("path", paths.NAMES), ("time", timesteps.NAMES),
+                         ("loss", losses.NAMES)):
     _choice(f"{section}.name", d[section]["name"], names)
   config = config_lib.from_dict(d)
   name, options = data_options(config)
@@ -157,7 +176,8 @@ def build(config, shape: tuple[int, ...] = (2,), mesh=None) -> Run:
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay)
 
   def init_fn(key):
-    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)))
+    extra = {"t2": jnp.zeros((1,))} if head(config).kind == "average_velocity" else {}
+    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), **extra)
 
   return Run(config, shape, model, method, optimizer,
              lambda: state_lib.create(init_fn, optimizer, config.seed))
@@ -168,7 +188,9 @@ def loss_fn(run: Run):
   def f(params, key, x0, x1, **extras):
     k_dropout = jax.random.fold_in(key, 0xD0)
 
-    def apply_fn(p, t, x, **model_extras):
+    def apply_fn(p, t, x, t2=None, **model_extras):   # t2: MeanFlow's interval (second time), else None
+      if t2 is not None:
+        model_extras["t2"] = t2
       return run.model.apply(p, t, x, train=True, rngs={"dropout": k_dropout}, **model_extras)
     return run.method.loss(apply_fn, params, key, x0, x1, **extras)
   return f
@@ -227,8 +249,10 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
 
 
 def velocity(model, params, **model_extras) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout); extras go to `model.apply`."""
-  def v(t, x):
-    return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x, **model_extras)
-  return v
+  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout); extras go to `model.apply`.
+
+  The model's head (`fm.heads.for_model`) says how: an SF2M network's flow half, a MeanFlow
+  network's instantaneous velocity u(x, t, t).
+  """
+  return heads.for_model(model).velocity(model, params, **model_extras)
 

@@ -136,6 +136,15 @@ CASES = [
     ("sample-tolerances-0", _run, ["sample", "--workdir", "RUN", "--rtol", "0", "--atol", "0"], "rtol"),
     ("sample-atol-inf", _run, ["sample", "--workdir", "RUN", "--atol", "inf"], "atol"),
     ("sample-max-steps-0", _run, ["sample", "--workdir", "RUN", "--max-steps", "0"], "--max-steps"),
+    ("sample-sde-no-steps", _run, ["sample", "--workdir", "RUN", "--solver", "euler_maruyama"], "pass --steps N"),
+    ("sample-sde-noise-negative", _run, ["sample", "--workdir", "RUN", "--solver", "euler_maruyama", "--steps", "5",
+                                         "--sde-noise", "-1"], "--sde-noise must be a finite number >= 0"),
+    ("sample-sde-noise-with-ode", _run, ["sample", "--workdir", "RUN", "--sde-noise", "1"],
+     "--sde-noise is for the SDE solvers"),
+    ("sample-sde-coupled-run", _run, ["sample", "--workdir", "RUN", "--solver", "stochastic_heun", "--steps", "5"],
+     "derives the score from the velocity, which needs x0 ~ N(0, I)"),
+    ("sample-meanflow-on-a-flow", _run, ["sample", "--workdir", "RUN", "--solver", "meanflow", "--steps", "1"],
+     "needs a MeanFlow run"),
     ("sample-workdir-empty", _run, ["sample", "--workdir", ""], "must not be empty"),
     ("sample-workdir-is-file", _file, ["sample", "--workdir", "FILE"], "is a file"),
     ("sample-out-dir-missing", _run, ["sample", "--workdir", "RUN", "--out", NOT_WRITABLE + "/s.npz"],
@@ -184,7 +193,7 @@ def _fill(arg, paths):
 
 def test_table_size():
   """The count reported for issue 6 (besides the older cases in test_cli.py)."""
-  assert len(CASES) == 36
+  assert len(CASES) == 41   # 36 for issue 6, 5 for the SDE and MeanFlow samplers (issue 15)
 
 
 def test_second_train_in_a_workdir_is_locked_out(tmp_path, capsys, trained_run):  # noqa: F811

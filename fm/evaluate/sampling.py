@@ -1,9 +1,12 @@
 """Generating samples from a trained flow with any solver, in batches, counting NFE.
 
-`generate` pushes one batch of x0 through the ODE (jitted; the model is static).
+`generate` pushes one batch of x0 through the ODE, an SDE (`solvers.SDE_SOLVERS`:
+the marginal-preserving SDE of the run, `fm.heads`) or MeanFlow's average-velocity
+jumps (`"meanflow"`), jitted with the model static.
 `sample` draws `num` samples in batches of `batch_size` with a progress bar:
-sample i starts from `x0_i = sample_x0(fold_in(key, i), 1)[0]`, so the samples
-do not depend on the batch size or the number of devices (with dopri5 the
+sample i starts from `x0_i = sample_x0(fold_in(key, i), 1)[0]` (and an SDE draws its
+noise from `fold_in(fold_in(key', i), step)`, key' = `fold_in(key, NOISE_STREAM)`), so
+the samples do not depend on the batch size or the number of devices (with dopri5 the
 step sizes are shared within a batch, so there the batch does matter slightly).
 Each batch is sharded over every device of every process (`fm.train.partitioning`;
 replicated when `batch_size` does not divide over the devices) and gathered to
@@ -19,22 +22,34 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from fm import solvers
+from fm import heads, solvers
 from fm import recipe
 from fm.train import partitioning
 
-__all__ = ["generate", "sample", "initial_points"]
+__all__ = ["generate", "sample", "initial_points", "noise_keys", "NOISE_STREAM"]
+
+NOISE_STREAM = 0x5DE   # fold_in(key, NOISE_STREAM): the SDE noise stream, apart from the x0 stream
 
 
 @functools.partial(jax.jit, static_argnames=("model", "solver", "steps", "rtol", "atol", "save_trajectory",
-                                             "max_steps"))
+                                             "max_steps", "noise", "path"))
 def generate(model, params, x0, solver="dopri5", rtol=1e-5, atol=1e-5, steps=None,
-             save_trajectory=False, max_steps=None):
-  """Pushes `x0` `[n, *shape]` through the flow from t = 0 to 1; returns `(x1, info)`.
+             save_trajectory=False, max_steps=None, noise=0.0, path=None, keys=None):
+  """Pushes `x0` `[n, *shape]` from t = 0 to 1; returns `(x1, info)`.
 
   `info` has `nfe` (exact network evaluations, rejected dopri5 steps included),
   `steps` and, for dopri5, `rejected` and `success` (False if `max_steps` was hit).
+  SDE solvers need `noise` (the diffusion scale), the run's `path` and `keys`
+  (one PRNG key per sample, `[n, 2]`); "meanflow" needs a MeanFlow network.
   """
+  head = heads.for_model(model)
+  if solver in solvers.SDE_SOLVERS:
+    sde = head.sde(model, params, noise, path)
+    return solvers.integrate_sde(sde.drift, sde.diffusion, x0, keys, solver, steps=steps,
+                                 save_trajectory=save_trajectory)
+  if solver in solvers.MEANFLOW:
+    return solvers.integrate_average(head.average_velocity(model, params), x0, steps=steps,
+                                     save_trajectory=save_trajectory)
   if solver in solvers.ADAPTIVE:
     kwargs = {"rtol": rtol, "atol": atol}
     if max_steps is not None:
@@ -50,17 +65,24 @@ def initial_points(sample_x0: Callable, key: jax.Array, start: int, count: int) 
   return jax.vmap(lambda k: sample_x0(k, 1)[0])(keys)
 
 
+def noise_keys(key: jax.Array, start: int, count: int) -> jax.Array:
+  """`[count, 2]`: the SDE noise keys of samples `start .. start + count - 1`."""
+  stream = jax.random.fold_in(key, NOISE_STREAM)
+  return jax.vmap(lambda i: jax.random.fold_in(stream, i))(start + jnp.arange(count))
+
+
 def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_size: int,
            solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
            progress: bool = True, desc: str = "sampling", mesh=None,
-           max_steps: int | None = None) -> tuple[np.ndarray, dict]:
+           max_steps: int | None = None, noise: float = 0.0, path=None) -> tuple[np.ndarray, dict]:
   """`num` samples in batches; returns `(samples, info)` with per-batch and total NFE.
 
   `info`: `nfe_total`, `nfe_per_batch` (list), `batch_size`, `success` (every
   batch reached t = 1 within the solver's step limit), `failed_batches`.
   `postprocess` (e.g. `to_uint8`) is applied per batch on the host. `mesh`:
   the devices to shard batches over (default: all of them, all processes).
+  `noise`, `path`: an SDE solver's diffusion scale and the run's path (`generate`).
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
   init = jax.jit(functools.partial(initial_points, sample_x0), static_argnums=(2,),
@@ -73,7 +95,9 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
     for start in range(0, num, batch_size):
       count = min(batch_size, num - start)
       x0 = init(key, start, batch_size)  # full batches only: one compilation
-      x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps)
+      keys = noise_keys(key, start, batch_size) if solver in solvers.SDE_SOLVERS else None
+      x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps,
+                          noise=noise, path=path, keys=keys)
       x1 = partitioning.to_host(x1)[:count]
       out.append(postprocess(x1) if postprocess else x1)
       nfe.append(int(info["nfe"]))

@@ -137,6 +137,9 @@ class DiT(nn.Module):
       embedding nearly linear in t. 1000 restores DiT's range.
     dtype: compute dtype ("float32", "bfloat16", "float16" or a jnp dtype); parameters
       stay float32, LayerNorm, softmax and the residual stream run in float32.
+    second_time: embed a second time `t2` (MeanFlow's interval length) with its own
+      `r_embedder_mlp_0/2`, added to the conditioning `c` (as MeanFlow's DiT does).
+    outputs: number of fields stacked along the channel axis of the output.
   """
   size: str = "S/2"
   depth: int | None = None
@@ -147,6 +150,8 @@ class DiT(nn.Module):
   num_classes: int | None = None
   time_scale: float = 1000.0
   dtype: str | jnp.dtype = "float32"
+  second_time: bool = False
+  outputs: int = 1
 
   def __post_init__(self):
     if self.size not in SIZES:
@@ -159,6 +164,8 @@ class DiT(nn.Module):
     if d % n or d % 4:
       raise ValueError(f"DiT hidden_size {d} is invalid; valid: multiples of num_heads ({n}) and of 4 "
                        "(the 2-D position embedding)")
+    if isinstance(self.outputs, bool) or not isinstance(self.outputs, int) or self.outputs < 1:
+      raise ValueError(f"DiT outputs={self.outputs!r} is invalid; valid: a positive integer")
     if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
       raise ValueError(f"DiT num_classes={self.num_classes!r} is invalid; valid: None or a positive integer")
     try:
@@ -177,13 +184,17 @@ class DiT(nn.Module):
     return tuple(b if o is None else o for b, o in zip(base, over))
 
   @nn.compact
-  def __call__(self, t, x, y=None, train: bool = False):
-    """t: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels if `num_classes`.
+  def __call__(self, t, x, y=None, train: bool = False, t2=None):
+    """t, t2: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels if `num_classes`.
 
-    Returns the velocity `[B, H, W, C]` in x's dtype. `train` is accepted for the
-    common calling convention and ignored (DiT uses no dropout).
+    Returns the velocity `[B, H, W, outputs * C]` in x's dtype; t2 is given iff
+    `second_time`. `train` is accepted for the common calling convention and ignored
+    (DiT uses no dropout).
     """
     del train
+    if (t2 is None) == self.second_time:
+      raise ValueError(f"the second time t2 must be given if and only if second_time is set "
+                       f"(second_time={self.second_time})")
     depth, d, n, p = self.config
     dt = jnp.dtype(self.dtype)
     b, hh, ww, ch = x.shape
@@ -198,13 +209,18 @@ class DiT(nn.Module):
     # Patch embedding, initialised like a Dense on the flattened patch (as DiT does).
     conv_init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
     h = Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt, kernel_init=conv_init,
-                name="x_embedder")(x.astype(dt))
+                name="x_embedder", jvp_safe=self.second_time)(x.astype(dt))
     h = h.reshape(b, gh * gw, d).astype(jnp.float32) + jnp.asarray(sincos_pos_embed_2d(d, gh, gw))
 
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
     c = timestep_embedding(self.time_scale * t, 256)
     c = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="t_embedder_mlp_0")(c.astype(dt))
     c = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="t_embedder_mlp_2")(nn.silu(c))
+    if self.second_time:
+      t2 = jnp.broadcast_to(jnp.asarray(t2, jnp.float32), (b,))
+      c2 = timestep_embedding(self.time_scale * t2, 256)
+      c2 = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="r_embedder_mlp_0")(c2.astype(dt))
+      c = c + nn.Dense(d, dtype=dt, kernel_init=_normal02, name="r_embedder_mlp_2")(nn.silu(c2))
     c = c.astype(jnp.float32)
     if self.num_classes is not None:
       table = nn.Embed(self.num_classes + 1, d, embedding_init=_normal02, name="y_embedder")
@@ -216,5 +232,5 @@ class DiT(nn.Module):
     mod = nn.Dense(2 * d, dtype=dt, kernel_init=_zeros, bias_init=_zeros, name="final_adaLN_modulation")
     shift, scale = jnp.split(mod(nn.silu(c)).astype(jnp.float32), 2, axis=-1)
     h = _modulate(_layer_norm(h), shift, scale).astype(dt)
-    h = nn.Dense(p * p * ch, dtype=dt, kernel_init=_zeros, bias_init=_zeros, name="final_linear")(h)
+    h = nn.Dense(p * p * ch * self.outputs, dtype=dt, kernel_init=_zeros, bias_init=_zeros, name="final_linear")(h)
     return unpatchify(h, p, gh, gw).astype(x.dtype)

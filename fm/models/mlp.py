@@ -21,11 +21,17 @@ class MLP(nn.Module):
     width: hidden units per layer.
     depth: number of hidden layers.
     activation: one of `ACTIVATIONS`.
+    second_time: take a second time `t2` `[B]` as one more input feature (MeanFlow's
+      interval length); then `t2` must be passed, otherwise it must not.
+    outputs: number of fields stacked along the last axis of the output (2 for SF2M's
+      flow and score from one forward): the output is `[B, *shape[:-1], outputs * C]`.
   """
   dim: int | None = None
   width: int = 64
   depth: int = 3
   activation: str = "selu"
+  second_time: bool = False
+  outputs: int = 1
 
   def check(self) -> None:
     """ValueError naming a bad option (called by `fm.models.make`)."""
@@ -35,11 +41,19 @@ class MLP(nn.Module):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"MLP {name} must be a positive integer, got {value!r}")
+    if isinstance(self.outputs, bool) or not isinstance(self.outputs, int) or self.outputs < 1:
+      raise ValueError(f"MLP outputs must be a positive integer, got {self.outputs!r}")
 
   @nn.compact
-  def __call__(self, t, x, train: bool = False):
-    """t: `[B]` or scalar; x: `[B, *shape]`. Returns `[B, *shape]`; `train` is unused (no dropout)."""
+  def __call__(self, t, x, train: bool = False, t2=None):
+    """t, t2: `[B]` or scalar; x: `[B, *shape]`. Returns `[B, *shape]` (last axis x outputs).
+
+    `train` is unused (no dropout).
+    """
     del train
+    if (t2 is None) == self.second_time:
+      raise ValueError(f"the second time t2 must be given if and only if second_time is set "
+                       f"(second_time={self.second_time})")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[self.activation]
@@ -49,7 +63,10 @@ class MLP(nn.Module):
     dim = h.shape[1] if self.dim is None else self.dim
     if dim != h.shape[1]:
       raise ValueError(f"MLP built for dim={self.dim} got samples of shape {x.shape[1:]}")
-    h = jnp.concatenate([h, t[:, None]], axis=1)
+    feats = [h, t[:, None]]
+    if self.second_time:
+      feats.append(jnp.broadcast_to(jnp.asarray(t2, h.dtype), (batch,))[:, None])
+    h = jnp.concatenate(feats, axis=1)
     for _ in range(self.depth):
       h = act(nn.Dense(self.width)(h))
-    return nn.Dense(dim)(h).reshape(x.shape)
+    return nn.Dense(dim * self.outputs)(h).reshape(x.shape[:-1] + (x.shape[-1] * self.outputs,))
