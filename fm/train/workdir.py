@@ -2,7 +2,7 @@
 
 Layout of a workdir (besides `checkpoints/`, `source.json` and results):
 
-  .lock           held (`fcntl.flock`) by the one `fm train` working in it
+  .lock           held (`fcntl.flock`) by the one `fm train` working in it (its process 0)
   config.json     the run's config as of the latest start
   history.jsonl   one line per start / resume / stop: step, time, provenance and
                   every setting that changed on resume (`{"key": [old, new]}`)
@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import socket
 import tempfile
 import time
 from typing import Any, Iterator
@@ -142,30 +143,94 @@ def check_steps(saved: dict[str, Any], config: dict[str, Any], latest: int | Non
         f"depends on train.steps; use a new workdir")
 
 
-@contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds an exclusive `flock` on `workdir/.lock`; ConfigError at once if another process holds it.
+# errnos of a file system that does not implement flock (Lustre mounted `noflock`, NFS mounted
+# without a lock manager): fm then warns and runs unlocked (docs/reliability.md).
+_NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
-  The lock goes with the process (a killed run leaves no stale lock); the file stays.
+
+def _try_flock(fd: int) -> str | None:
+  """None if this process now holds the exclusive flock on `fd`; else who holds it ("pid N on HOST").
+
+  Raises OSError with an errno in `_NO_FLOCK` where the file system has no flock.
   """
   import fcntl  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise
-      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-      raise config_lib.ConfigError(
-          f"workdir {workdir!r} is in use by another fm train (pid {holder}); wait for it to finish "
-          f"or stop it, then re-run to resume") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      raise
+    holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
+    return f"pid {holder}" if holder.isdigit() else holder   # a lock file of fm before hosts were named
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  return None
+
+
+def _process_count() -> int:
+  """`jax.process_count()` where JAX is already imported (a plain process never imports it here)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  jax = sys.modules.get("jax")
+  return jax.process_count() if jax is not None else 1
+
+
+def _agree(refusal: str | None) -> str | None:
+  """Process 0's `refusal` (a sentence, or None) on every process (a broadcast; several processes only)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.zeros(1025, np.uint8)
+  if refusal is not None:
+    raw = refusal.encode()[:1024]
+    data[0], data[1:1 + len(raw)] = 1, np.frombuffer(raw, np.uint8)
+  data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+  return bytes(data[1:]).rstrip(b"\0").decode(errors="replace") if data[0] else None
+
+
+def _refusal(workdir: str, fd: int) -> str | None:
+  """Takes the flock on `fd`: None if taken (or the file system has none: a warning), else why not."""
+  try:
+    holder = _try_flock(fd)
+  except OSError as e:
+    if e.errno not in _NO_FLOCK:
+      return f"workdir {workdir!r} cannot be locked ({e.strerror or e}); check that it is writable"
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.getLogger("fm").warning(
+        "warning: the file system of workdir %r has no flock (%s), so nothing stops a second fm train "
+        "from writing into it; run one at a time", workdir, e.strerror or e)
+    return None
+  if holder is None:
+    return None
+  return (f"workdir {workdir!r} is in use by another fm train ({holder}); wait for it to finish "
+          f"or stop it, then re-run to resume")
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive `flock` on `workdir/.lock` for one run; ConfigError at once if another run holds it.
+
+  One run of several processes (`jax.distributed`) is one holder: process 0
+  takes the lock and broadcasts the outcome, so every process goes on, or every
+  process stops with the same sentence. The lock goes with the process (a
+  killed run leaves no stale lock); the file stays. Where the file system has
+  no flock (`_NO_FLOCK`) fm warns and runs without the lock.
+  """
+  count = _process_count()
+  fd = None
+  try:
+    refusal = None
+    if count == 1 or _is_writer():
+      try:
+        fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        refusal = _refusal(workdir, fd)
+      except OSError as e:
+        refusal = f"workdir {workdir!r} cannot be locked ({e.strerror or e}); check that it is writable"
+    if count > 1:
+      refusal = _agree(refusal)
+    if refusal is not None:
+      raise config_lib.ConfigError(refusal)
     yield
   finally:
-    os.close(fd)   # releases the lock
+    if fd is not None:
+      os.close(fd)   # releases the lock
 
 
 def _is_writer() -> bool:
