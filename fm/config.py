@@ -183,7 +183,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
                 "train.checkpoint_every", "train.keep_checkpoints"])
   _positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
-  _positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.rtol", "eval.atol") if k in f])
+  _positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.grid_steps", "eval.batch_size",
+                            "eval.rtol", "eval.atol") if k in f])
   _positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
   if not 0 <= f["train.ema_decay"] < 1:
     raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")

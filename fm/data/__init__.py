@@ -17,7 +17,7 @@ from typing import Any
 
 from fm.data.base import Source
 
-__all__ = ["Source", "NAMES", "make", "check", "split_options", "x0_sampler"]
+__all__ = ["Source", "NAMES", "make", "check", "identity", "split_options", "x0_sampler"]
 
 _MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders: fm.data.folder
 NAMES = tuple(_MODULES)
@@ -46,6 +46,15 @@ def split_options(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def check(name: str, **options: Any) -> None:
   """ValueError (one sentence) unless `options` are valid for source `name`."""
   _module(name).check_options(**options)
+
+
+def identity(name: str, **options: Any) -> str | None:
+  """The content key (sha256) of the data the options name, without decoding it; None for generated data.
+
+  A module may define `identity(**options)`; generated sources (toys) have none.
+  """
+  module = _module(name)
+  return module.identity(**options) if hasattr(module, "identity") else None
 
 
 def make(name: str, batch_size: int, **options: Any) -> Source:

@@ -40,7 +40,7 @@ import tqdm
 from fm.data import folder
 from fm.data.base import Source
 
-__all__ = ["check_options", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
+__all__ = ["check_options", "identity", "check_cache_dir", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
            "default_cache_dir"]
 
 _CACHE_FORMAT = 2   # 2: the json holds the files' size and sha256 and the decode report
@@ -360,7 +360,9 @@ def source(path: str | None = None, dataset: str | None = None, split: str = "tr
 
   return Source(name="images", shape=shape, batch_fn=image_batches(batch_size, hflip),
                 data={"images": jax.device_put(arr)}, sample_x0=sample_x0,
-                description=meta["description"], kind="images")
+                description=meta["description"], kind="images",
+                info={"sha256": meta["sha"], "num_images": int(arr.shape[0]), "skipped": meta["skipped"],
+                      "converted": meta["converted"]})
 
 
 # ----------------------------------------------------------------------------- registry
@@ -377,6 +379,12 @@ def _from_config(path="", dataset="", split="train", hflip=True, image_size=0, l
                      f"(e.g. ../shared/data/cifar10-jpeg.tar.gz), or data.path='' and data.dataset=cifar10")
   return dict(path=path or None, dataset=None if path else (dataset or None), split=split,
               image_size=image_size or None, limit=limit or None), hflip
+
+
+def identity(**options) -> str | None:
+  """The content key of the configured data (`folder.content_sha` of data.path), None for tfds."""
+  kwargs, _ = _from_config(**options)
+  return folder.content_sha(kwargs["path"]) if kwargs["path"] else None
 
 
 def check_options(**options) -> None:

@@ -40,7 +40,7 @@ from fm.train import checkpoint, partitioning, reflow, run as run_lib, step as s
 from fm.train import state as state_lib
 from fm.train import workdir as workdir_lib
 
-__all__ = ["train_and_evaluate", "train", "prepare", "TrainingError", "Preempted"]
+__all__ = ["train_and_evaluate", "train", "prepare", "load_source", "TrainingError", "Preempted"]
 
 log = logging.getLogger("fm")
 
@@ -64,20 +64,58 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
   On resume only `workdir_lib.RESUMABLE` settings may differ from config.json,
   train.steps may not drop below the latest checkpoint nor change the schedule
   of the steps taken, and the reflow teacher is needed only until its pairs are stored.
+  `data.path` may change when the data there is the run's data (same content
+  sha256 as in source.json); data whose content changed is refused.
   """
+  return _prepare(config, workdir)[0]
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, tuple]:
+  """`prepare`, also returning the keys allowed to change on this resume beyond `RESUMABLE`."""
   config_lib.validate(config)
   workdir_lib.check_path(workdir)
   saved = _saved_config(workdir)
   latest = checkpoint.latest_step(workdir) if os.path.isdir(workdir) else None
+  allowed = ()
   if saved is not None:
     new = config_lib.to_dict(config)
-    workdir_lib.resume_changes(saved, new, workdir)
+    allowed = _check_data_identity(saved, new, workdir)
+    workdir_lib.resume_changes(saved, new, workdir, allowed)
     workdir_lib.check_steps(saved, new, latest, workdir)
   elif latest is not None:
     raise config_lib.ConfigError(f"workdir {workdir!r} has checkpoints but no config.json")
   if config.reflow.teacher and not reflow.has_pairs(workdir):
     reflow.check_teacher(config.reflow.teacher, config.data)
-  return config
+  if partitioning.jax_process_count() == 1:
+    workdir_lib.check_free(workdir)   # before the data is loaded; `lock` decides, after it
+  return config, allowed
+
+
+def _check_data_identity(saved: dict, new: dict, workdir: str) -> tuple:
+  """("data.path",) if only the data's path moved (same content); ConfigError if its content changed.
+
+  The content key is `fm.data.identity` (sha256 of a tarball, of a folder's
+  listing), compared with the one source.json holds.
+  """
+  before = run_lib.read_source_info(workdir).get("sha256") if os.path.isfile(
+      os.path.join(workdir, run_lib.SOURCE_FILE)) else None
+  name, options = data_lib.split_options(new.get("data", {}))
+  old_name, _ = data_lib.split_options(saved.get("data", {}))
+  if before is None or name != old_name:
+    return ()
+  try:
+    now = data_lib.identity(name, **options)
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(f"bad config 'data': {e}") from e
+  if now is None:
+    return ()
+  old_path, new_path = saved.get("data", {}).get("path"), new.get("data", {}).get("path")
+  if now != before:
+    moved = f"data.path {new_path!r} (was {old_path!r})" if new_path != old_path else f"data.path {new_path!r}"
+    raise config_lib.ConfigError(
+        f"the data at {moved} is not the data this run trained on (content sha256 {now[:12]}..., source.json "
+        f"has {before[:12]}...); resume with the original data, or train on this data in a new workdir")
+  return ("data.path",) if new_path != old_path else ()
 
 
 def _saved_config(workdir: str) -> dict | None:
@@ -111,13 +149,30 @@ def _next_multiple(step: int, every: int) -> int:
 
 def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains to `config.train.steps` (resuming from the workdir); returns the final `TrainState`."""
-  config = prepare(config, workdir)
+  config, allowed = _prepare(config, workdir)
+  source = load_source(config)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.lock(workdir):
-    return _train(config, workdir)[0]
+    return _train(config, workdir, source, allowed)[0]
 
 
-def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
+def load_source(config: ml_collections.ConfigDict):
+  """The config's data `Source`, checked against the model (shape); ConfigError (one sentence) if either
+  does not fit. Runs before the workdir is created or locked, so bad data leaves nothing behind."""
+  from fm import models  # pylint: disable=g-import-not-at-top
+  name, options = data_lib.split_options(config_lib.to_dict(config.data))
+  try:
+    source = data_lib.make(name, config.train.batch_size, **options)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"bad data ({name}): {e}") from e
+  try:
+    models.check_shape(models.make(config.model.name, **run_lib.model_kwargs(config)), source.shape)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"bad config 'model' for data of shape {list(source.shape)}: {e}") from e
+  return source
+
+
+def _start(config, workdir: str, abstract, teacher_step, allowed=()) -> tuple[object, int]:
   """Restores the newest readable checkpoint (or None at step 0); then writes config.json and history.
 
   Nothing in the workdir is written before the state is in hand, so a run that
@@ -136,7 +191,7 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
   start = start or 0
   saved = _saved_config(workdir)
   new = config_lib.to_dict(config)
-  changes = workdir_lib.resume_changes(saved, new, workdir) if saved is not None else {}
+  changes = workdir_lib.resume_changes(saved, new, workdir, allowed) if saved is not None else {}
   finished = saved is not None and start >= config.train.steps
   if finished:
     log.info("%s: already finished at step %d", workdir, start)
@@ -165,11 +220,9 @@ class _NonFinite(Exception):
     self.step = step
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str):
-  """`train` inside the workdir lock; returns `(state, start step)`."""
+def _train(config: ml_collections.ConfigDict, workdir: str, source, allowed=()):
+  """`train` inside the workdir lock, on the loaded `source`; returns `(state, start step)`."""
   tc = config.train
-  name, options = data_lib.split_options(config_lib.to_dict(config.data))
-  source = data_lib.make(name, tc.batch_size, **options)
   teacher_step = None
   if config.reflow.teacher:
     pairs = reflow.load_or_make_pairs(
@@ -191,7 +244,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
                                data_sharding),
       donate_argnums=0)
   abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
-  state, start = _start(config, workdir, abstract, teacher_step)
+  state, start = _start(config, workdir, abstract, teacher_step, allowed)
   if start >= tc.steps:
     return state, start
   if state is None:
@@ -326,10 +379,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   A finished run whose eval.json is of its last step and current eval settings
   is not evaluated again (`fm eval` does that); its eval.json is returned.
   """
-  config = prepare(config, workdir)
+  config, allowed = _prepare(config, workdir)
+  source = load_source(config)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.lock(workdir):
-    state, start = _train(config, workdir)
+    state, start = _train(config, workdir, source, allowed)
     if not config.eval.get("at_end", True):
       return state
     from fm import evaluate  # pylint: disable=g-import-not-at-top

@@ -88,9 +88,14 @@ def loss_fn(run: Run):
 
 
 def write_source_info(workdir: str, source) -> None:
-  """Records the training data's shape, kind and provenance in `workdir/source.json`."""
+  """Records the training data's shape, kind, provenance and identity in `workdir/source.json`.
+
+  `sha256` is the content key of the data (`fm.data.identity`), by which a
+  resumed run recognises its data at another path; `skipped` and `converted`
+  are what loading it skipped or converted (`fm.data.folder`).
+  """
   info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
-          "description": source.description}
+          "description": source.description, **source.info}
   path = os.path.join(workdir, SOURCE_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(info, f, indent=2)

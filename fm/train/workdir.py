@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from fm import config as config_lib
 
 __all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir", "check_run",
-           "resume_changes", "check_steps", "lock", "append_history", "read_history", "read_metrics",
+           "resume_changes", "check_steps", "check_free", "lock", "append_history", "read_history", "read_metrics",
            "trim_metrics", "write_json_atomic"]
 
 LOCK_FILE = ".lock"
@@ -104,11 +104,16 @@ def check_run(workdir: str) -> int:
   return step
 
 
-def resume_changes(saved: dict[str, Any], config: dict[str, Any], workdir: str) -> dict[str, list]:
-  """`{key: [old, new]}` of the settings that differ; ConfigError if one may not change on resume."""
+def resume_changes(saved: dict[str, Any], config: dict[str, Any], workdir: str,
+                   allowed: tuple[str, ...] = ()) -> dict[str, list]:
+  """`{key: [old, new]}` of the settings that differ; ConfigError if one may not change on resume.
+
+  `allowed`: keys that may change on this resume besides `RESUMABLE` (data.path when
+  the data there has the run's content).
+  """
   old, new = config_lib.flatten(saved), config_lib.flatten(config)
   changed = config_lib.diff(saved, config)
-  fixed = [k for k in changed if not _resumable(k)]
+  fixed = [k for k in changed if not _resumable(k) and k not in allowed]
   if fixed:
     k = fixed[0]
     raise config_lib.ConfigError(
@@ -173,6 +178,32 @@ def _process_count() -> int:
   return jax.process_count() if jax is not None else 1
 
 
+def check_free(workdir: str) -> None:
+  """ConfigError if another fm train holds `workdir` now (a probe; `lock` is what keeps it).
+
+  Lets a single-process `fm train` refuse a busy workdir before it spends
+  minutes loading data. Takes and drops the flock at once; touches nothing when
+  `workdir/.lock` does not exist.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, LOCK_FILE)
+  if not os.path.isfile(path):
+    return
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return   # `lock` will say why
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
+      holder = f"pid {holder}" if holder.isdigit() else holder
+      raise config_lib.ConfigError(_busy(workdir, holder)) from None
+  finally:
+    os.close(fd)
+
+
 def _agree(refusal: str | None) -> str | None:
   """Process 0's `refusal` (a sentence, or None) on every process (a broadcast; several processes only)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -199,6 +230,10 @@ def _refusal(workdir: str, fd: int) -> str | None:
     return None
   if holder is None:
     return None
+  return _busy(workdir, holder)
+
+
+def _busy(workdir: str, holder: str) -> str:
   return (f"workdir {workdir!r} is in use by another fm train ({holder}); wait for it to finish "
           f"or stop it, then re-run to resume")
 
