@@ -81,8 +81,8 @@ def _read_tar(path: str) -> dict[str, bytes]:
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     if isinstance(e, OSError) and e.errno is not None:   # a read error of the disk, not of the format
       raise
-    why = "cut short" if isinstance(e, EOFError) or "unexpected end" in str(e) else "not a readable tarball"
-    raise ValueError(f"data path {path!r} is {why} ({type(e).__name__}: {e or 'no detail'}); "
+    raise ValueError(f"data path {path!r} is not a complete, readable tarball ({type(e).__name__}: "
+                     f"{e or 'ended early'}); "
                      f"replace it with a complete .tar/.tar.gz of an image folder") from None
   return found
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -97,8 +98,13 @@ def _check_data_identity(saved: dict, new: dict, workdir: str) -> tuple:
   The content key is `fm.data.identity` (sha256 of a tarball, of a folder's
   listing), compared with the one source.json holds.
   """
-  before = run_lib.read_source_info(workdir).get("sha256") if os.path.isfile(
-      os.path.join(workdir, run_lib.SOURCE_FILE)) else None
+  before = None
+  if os.path.isfile(os.path.join(workdir, run_lib.SOURCE_FILE)):
+    info = run_lib.read_source_info(workdir)
+    before = info.get("sha256")
+    if before is None:   # a run from before source.json held it: its description names it
+      found = re.search(r"(?:listing_)?sha256=([0-9a-f]{64})", info.get("description", ""))
+      before = found and found.group(1)
   name, options = data_lib.split_options(new.get("data", {}))
   old_name, _ = data_lib.split_options(saved.get("data", {}))
   if before is None or name != old_name:
