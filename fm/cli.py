@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("fm").setLevel(logging.INFO)
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  args = None
   try:
     args, extra = _parser().parse_known_args(argv)
     if getattr(args, "workdir", None) == "":
@@ -389,6 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     print("fm: interrupted by Ctrl-C (re-running the same command resumes or redoes the work)", file=sys.stderr)
     return 130
   except Exception as e:  # pylint: disable=broad-except
+    from fm.io import disk  # pylint: disable=g-import-not-at-top
+    if isinstance(e, disk.DiskFull) or disk.is_full(e):
+      if not isinstance(e, disk.DiskFull):   # a write outside the places that say what they wrote
+        path = getattr(e, "filename", None) or getattr(args, "workdir", None) or os.getcwd()
+        e = disk.DiskFull(os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else path,
+                          f"fm {getattr(args, 'command', '')} was writing")
+      print(f"fm: error: {e}", file=sys.stderr)
+      return 1
     from fm import train  # pylint: disable=g-import-not-at-top
     if isinstance(e, train.Preempted):
       print(f"fm: {e}", file=sys.stderr)

@@ -313,7 +313,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source, allowed=()):
     writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
     if bar.disable and partitioning.is_writer():
-      log.info("step %d loss %.5f (%.0f steps/s)", at_step, row["loss"], row["steps_per_sec"])
+      log.info("step %d loss %.5f (%.3g steps/s)", at_step, row["loss"], row["steps_per_sec"])
 
   step = start
   try:
