@@ -365,6 +365,22 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+# JAX platform -> the package that provides it (cpu is built in).
+_PLATFORM_PACKAGES = {"cuda": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "rocm": ("jax_rocm60_plugin",
+                      "jax_rocm7_plugin"), "tpu": ("libtpu",)}
+
+
+def _no_backend(e: RuntimeError) -> str:
+  """One sentence for a JAX_PLATFORMS (or jax_platforms) that names no platform this machine has."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  here = ["cpu"] + [p for p, mods in _PLATFORM_PACKAGES.items()
+                    if any(importlib.util.find_spec(m) is not None for m in mods)]
+  asked = os.environ.get("JAX_PLATFORMS", "")
+  first = str(e).split(". (set")[0].split("\n")[0][:200]
+  return (f"JAX_PLATFORMS={asked!r} names no platform JAX can start here ({first}); the platforms installed "
+          f"here are: {', '.join(here)}; set JAX_PLATFORMS to one of them or unset it")
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -398,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"fm {getattr(args, 'command', '')} was writing")
       print(f"fm: error: {e}", file=sys.stderr)
       return 1
+    if isinstance(e, RuntimeError) and "Unable to initialize backend" in str(e):
+      print(f"fm: error: {_no_backend(e)}", file=sys.stderr)
+      return 2
     from fm import train  # pylint: disable=g-import-not-at-top
     if isinstance(e, train.Preempted):
       print(f"fm: {e}", file=sys.stderr)

@@ -127,24 +127,40 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
 
   The parameters are restored replicated on every device of `mesh` (default:
   all devices of all processes), whatever the device count of the training run.
+  The latest checkpoint removed while it is read (a running `fm train` rotating
+  its checkpoints) is not an error: the newest that exists then is read.
   """
   latest = check_workdir(workdir)
-  step = latest if step is None else step
+  asked, step = step, latest if step is None else step
   if step not in checkpoint.all_steps(workdir):
     raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint at step {step}; "
                                  f"saved steps: {', '.join(map(str, checkpoint.all_steps(workdir)))}")
   run = build(load_config(workdir), read_source_info(workdir)["shape"])
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   mesh = partitioning.make_mesh() if mesh is None else mesh
-  try:
-    state = ckpt.restore(partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh), step)
-  except Exception as e:  # pylint: disable=broad-except
-    others = [s for s in checkpoint.all_steps(workdir) if s != step]
-    hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise config_lib.ConfigError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
-  finally:
-    ckpt.close()
+  abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
+  for _ in range(5):   # a running fm train may rotate the checkpoint away while it is read
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+    try:
+      state = ckpt.restore(abstract, step)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      steps = checkpoint.all_steps(workdir)
+      if step not in steps and steps:   # rotated away, not damaged
+        if asked is not None:
+          raise config_lib.ConfigError(f"checkpoint {step} in {workdir!r} was removed while it was read (a "
+                                       f"running fm train keeps only its newest); saved steps now: "
+                                       f"{', '.join(map(str, steps))}") from None
+        step = steps[-1]
+        continue
+      others = [s for s in steps if s != step]
+      hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+      raise config_lib.ConfigError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
+    finally:
+      ckpt.close()
+  else:
+    raise config_lib.ConfigError(f"the checkpoints in {workdir!r} were rotated away five times while being "
+                                 f"read; pass --step, or wait for fm train to finish")
   return run, state.ema_params, step
 
 

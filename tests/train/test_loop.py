@@ -11,7 +11,7 @@ import pytest
 from fm import methods
 from fm.data import toys
 from fm.train import checkpoint, loop, run as run_lib, step as step_lib
-from train.helpers import restore_state, tiny_config
+from train.helpers import restore_state, tiny_config, trained_run  # noqa: F401
 
 
 @pytest.mark.parametrize("method", methods.NAMES)
@@ -225,3 +225,29 @@ def test_unconverged_coupling_is_counted_and_warned(tmp_path, caplog):
   with caplog.at_level(logging.WARNING, logger="fm"):   # converged: counted as 0, no warning
     loop.train(tiny_config(method="sbcfm", train__steps=20), str(tmp_path / "ok"))
   assert not [r for r in caplog.records if "did not converge" in r.getMessage()]
+
+
+def test_checkpoint_rotated_away_while_read_takes_the_newest(tmp_path, monkeypatch, trained_run):  # noqa: F811
+  """`fm sample` / `fm eval` beside a running `fm train`: the latest checkpoint is rotated away (a newer
+  one saved, the old one deleted) between listing and reading. `run_lib.load` re-lists and reads the
+  newest; an explicitly asked step that vanished is one sentence."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  ckpts = checkpoint.checkpoint_dir(workdir)
+  real = checkpoint.Checkpointer.restore
+  calls = []
+
+  def rotating(self, abstract, step=None):
+    if not calls:   # fm train saves step 60 and deletes step 40 just now
+      os.rename(os.path.join(ckpts, "40"), os.path.join(ckpts, "60"))
+    calls.append(step)
+    return real(self, abstract, step)
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore", rotating)
+  _, _, step = run_lib.load(workdir)
+  assert step == 60 and calls == [40, 60]
+  calls.clear()
+  os.rename(os.path.join(ckpts, "60"), os.path.join(ckpts, "40"))
+  with pytest.raises(config_lib.ConfigError, match="checkpoint 40 .* was removed while it was read"):
+    run_lib.load(workdir, step=40)
