@@ -1,10 +1,11 @@
-# fm — make install | test | test-all | demo | bench
+# fm — make install | test | test-all | demo | demo-images | docs | bench
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-all demo demo-images bench clean
+.PHONY: install test test-all demo demo-images docs bench clean
 
 install: $(STAMP)
 
@@ -29,8 +30,16 @@ demo: install
 demo-images: install
 	$(PY) experiments/images/demo.py --workdir demo_images
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning (broken link, bad docstring).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
 bench: install
 	bash experiments/benchmarks/run.sh
 
 clean:
-	rm -rf $(VENV) demo_out demo_images .pytest_cache
+	rm -rf $(VENV) demo_out demo_images site .pytest_cache
