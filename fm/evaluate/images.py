@@ -72,7 +72,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
       desc=f"sampling ({solver})", max_steps=max_steps)
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
-            "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"],
+            "seed": seed, "batch_size": info["batch_size"], "checkpoint_step": step, "success": info["success"],
             **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
   if partitioning.is_writer():  # every process sampled (its shards) and holds all samples

@@ -22,7 +22,7 @@ import tqdm
 from fm import solvers
 from fm.train import partitioning, run as run_lib
 
-__all__ = ["generate", "sample", "initial_points", "to_uint8"]
+__all__ = ["generate", "sample", "batch_size_for", "initial_points", "to_uint8"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "solver", "steps", "rtol", "atol", "save_trajectory",
@@ -54,6 +54,16 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def batch_size_for(num: int, batch_size: int, devices: int = 1) -> int:
+  """The batch that splits `num` samples into `ceil(num / batch_size)` equal batches (the last one padded
+  by less than one per batch), rounded up to a multiple of `devices` when `batch_size` is one."""
+  batches = -(-num // batch_size)
+  size = -(-num // batches)
+  if batch_size % devices == 0:
+    size = -(-size // devices) * devices
+  return min(size, batch_size)
+
+
 def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_size: int,
            solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -61,12 +71,17 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
            max_steps: int | None = None) -> tuple[np.ndarray, dict]:
   """`num` samples in batches; returns `(samples, info)` with per-batch and total NFE.
 
+  `num` is split into equal batches of at most `batch_size` (`batch_sizes`), so no
+  batch integrates samples nobody asked for (`--num 64` integrates 64, not 256)
+  and every batch has one shape (one compilation).
+
   `info`: `nfe_total`, `nfe_per_batch` (list), `batch_size`, `success` (every
   batch reached t = 1 within the solver's step limit), `failed_batches`.
   `postprocess` (e.g. `to_uint8`) is applied per batch on the host. `mesh`:
   the devices to shard batches over (default: all of them, all processes).
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
+  batch_size = batch_size_for(num, batch_size, mesh.size)
   init = jax.jit(functools.partial(initial_points, sample_x0), static_argnums=(2,),
                  out_shardings=partitioning.sharding_for_batch(mesh, batch_size))
   key = np.asarray(key)
@@ -76,7 +91,7 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
                  dynamic_ncols=True) as bar:
     for start in range(0, num, batch_size):
       count = min(batch_size, num - start)
-      x0 = init(key, start, batch_size)  # full batches only: one compilation
+      x0 = init(key, start, batch_size)  # equal batches: one compilation
       x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps)
       x1 = partitioning.to_host(x1)[:count]
       out.append(postprocess(x1) if postprocess else x1)

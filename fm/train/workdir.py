@@ -204,6 +204,11 @@ def check_free(workdir: str) -> None:
     os.close(fd)
 
 
+def _process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top  (only reached with several processes: imported)
+  return jax.process_index()
+
+
 def _agree(refusal: str | None) -> str | None:
   """Process 0's `refusal` (a sentence, or None) on every process (a broadcast; several processes only)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -252,7 +257,7 @@ def lock(workdir: str) -> Iterator[None]:
   fd = None
   try:
     refusal = None
-    if count == 1 or _is_writer():
+    if count == 1 or _process_index() == 0:
       try:
         fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         refusal = _refusal(workdir, fd)
