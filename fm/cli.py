@@ -64,6 +64,11 @@ def _train(args, overrides):
   result = train.train_and_evaluate(config, args.workdir)
   if isinstance(result, dict):
     print(json.dumps(result, indent=2))
+  import jax  # pylint: disable=g-import-not-at-top  (imported by the trainer)
+  if jax.process_index() == 0:
+    written = [n for n in ("checkpoints/", "metrics.jsonl", "history.jsonl", "eval.json", "samples/")
+               if os.path.exists(os.path.join(args.workdir, n.rstrip("/")))]
+    print(f"results in {args.workdir}: {', '.join(written)}")
 
 
 def _check_num(workdir: str, num: int, kind: str) -> None:

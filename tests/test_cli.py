@@ -184,3 +184,12 @@ def test_jax_platforms_without_that_platform_is_one_sentence(tmp_path):
   assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
   assert "JAX_PLATFORMS='gpu'" in res.stderr and "installed here are: cpu" in res.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_train_says_where_results_went(tmp_path, capsys, trained_run):  # noqa: F811
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  code, out, _ = _main(capsys, ["train", "--config", SMOKE, *cli_args(), "--workdir", workdir])
+  assert code == 0
+  assert out.splitlines()[-1] == f"results in {workdir}: checkpoints/, metrics.jsonl, history.jsonl, eval.json"

@@ -298,6 +298,8 @@ CASES = [
                                     "--grid", "seed=1"], "given twice"),
     ("sweep-grid-bad-value", _run, ["sweep", "--config", SMOKE, "--workdir", "NEW", "--grid", "method=icfm,nope"],
      "nope"),
+    ("eval-nfe-sweep-fraction", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "euler:1.5,2"],
+     "'1.5' is not a positive whole number; euler takes whole step counts"),
 ] + IMG_CASES
 
 
@@ -333,8 +335,8 @@ def _fill(arg, paths):
 
 
 def test_table_size():
-  """The count reported for issue 6 (besides the older cases in test_cli.py)."""
-  assert len(CASES) == 36
+  """The count reported for issue 6 (36) and issue 16 (+20; besides the older cases in test_cli.py)."""
+  assert len(CASES) == 36 + 1 + len(IMG_CASES) == 56
 
 
 def test_second_train_in_a_workdir_is_locked_out(tmp_path, capsys, trained_run):  # noqa: F811
