@@ -149,6 +149,15 @@ def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
   return bad
 
 
+def _duration(seconds: float) -> str:
+  """`42 s`, `7 min`, `3.2 h`: a rough time for progress lines."""
+  if seconds < 90:
+    return f"{seconds:.0f} s"
+  if seconds < 90 * 60:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
+
+
 def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
 
@@ -313,7 +322,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source, allowed=()):
     writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
     if bar.disable and partitioning.is_writer():
-      log.info("step %d loss %.5f (%.3g steps/s)", at_step, row["loss"], row["steps_per_sec"])
+      log.info("step %d loss %.5f (%.3g steps/s, about %s to step %d)", at_step, row["loss"],
+               row["steps_per_sec"], _duration((tc.steps - at_step) / max(row["steps_per_sec"], 1e-9)), tc.steps)
 
   step = start
   try:

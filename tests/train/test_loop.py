@@ -251,3 +251,13 @@ def test_checkpoint_rotated_away_while_read_takes_the_newest(tmp_path, monkeypat
   os.rename(os.path.join(ckpts, "60"), os.path.join(ckpts, "40"))
   with pytest.raises(config_lib.ConfigError, match="checkpoint 40 .* was removed while it was read"):
     run_lib.load(workdir, step=40)
+
+
+def test_progress_lines_have_precision_and_time_to_go(tmp_path, caplog):
+  """Redirected output gets a line per log step: steps/s to three significant digits (not `0 steps/s` on
+  a slow CPU) and the time left to train.steps."""
+  with caplog.at_level("INFO", logger="fm"):
+    loop.train(tiny_config(method="icfm"), str(tmp_path / "run"))
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  assert len(lines) == 2 and all("steps/s, about " in line and "to step 40" in line for line in lines), lines
+  assert loop._duration(0.4) == "0 s" and loop._duration(600) == "10 min" and loop._duration(4 * 3600) == "4.0 h"
