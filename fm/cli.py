@@ -142,6 +142,11 @@ def _sample(args, overrides):
           f"or raise --max-steps", file=sys.stderr)
 
 
+# `fm eval`'s default number of held-out images for bits/dim: a likelihood solve per image batch takes
+# seconds per image on a CPU, so 10000 would be hours there.
+BPD_NUM = {"accelerator": 10_000, "cpu": 1_000}
+
+
 def _eval(args, overrides):
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
@@ -154,12 +159,21 @@ def _eval(args, overrides):
   opts = runner.Options(
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
-      inception=args.inception, fid_batch_size=args.fid_batch_size, bpd_num=args.bpd_num,
+      inception=args.inception, fid_batch_size=args.fid_batch_size,
+      bpd_num=args.bpd_num or BPD_NUM["accelerator"],
       bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes)
   try:
-    runner.check(kind, opts, args.nfe_sweep)
+    names = runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  if "bpd" in names and args.bpd_num is None:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    where = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    opts = dataclasses.replace(opts, bpd_num=BPD_NUM[where])
+    if where == "cpu":
+      print(f"fm eval: bits/dim on up to {BPD_NUM['cpu']} held-out images (the CPU default: each takes seconds "
+            f"here; {BPD_NUM['accelerator']} on a GPU/TPU), set --bpd-num to change it", file=sys.stderr)
   if args.nfe_sweep:
     rows, paths, skipped = runner.sweep(args.workdir, args.nfe_sweep, opts)
     for why in skipped.values():
@@ -172,6 +186,8 @@ def _eval(args, overrides):
           f"{os.path.join(args.workdir, 'eval.jsonl')}")
     return
   results, skipped = runner.evaluate(args.workdir, opts)
+  if not results and skipped:   # nothing that was asked for can be computed
+    raise UsageError(" ".join(skipped.values()))
   print(json.dumps(results, indent=2))
   for why in skipped.values():
     print(why)
@@ -324,7 +340,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--inception", default=None, help="FID Inception weights (.pth or .npz; default "
                                                     "fm.evaluate.fid.default_weights_path())")
   p.add_argument("--fid-batch-size", type=int, default=50, help="images per Inception call (default 50)")
-  p.add_argument("--bpd-num", type=int, default=10000, help="held-out images for bits/dim (default 10000)")
+  p.add_argument("--bpd-num", type=int, default=None,
+                 help=f"held-out images for bits/dim (default {BPD_NUM['accelerator']} on a GPU/TPU, "
+                      f"{BPD_NUM['cpu']} on a CPU, where each takes seconds)")
   p.add_argument("--bpd-batch-size", type=int, default=64, help="images per likelihood solve (default 64)")
   p.add_argument("--divergence", default=None, help="exact | hutchinson (default: hutchinson for images, "
                                                      "exact for toys)")
