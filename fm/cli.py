@@ -432,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     from fm.io import disk  # pylint: disable=g-import-not-at-top
     if isinstance(e, disk.DiskFull) or disk.is_full(e):
       if not isinstance(e, disk.DiskFull):   # a write outside the places that say what they wrote
-        path = getattr(e, "filename", None) or getattr(args, "workdir", None) or os.getcwd()
+        named = [x.filename for x in disk.chain(e) if isinstance(x, OSError) and x.filename]
+        path = next((p for p in (*named, getattr(args, "out", None), getattr(args, "png_dir", None),
+                                 getattr(args, "workdir", None)) if p), os.getcwd())
         e = disk.DiskFull(os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else path,
                           f"fm {getattr(args, 'command', '')} was writing")
       print(f"fm: error: {e}", file=sys.stderr)

@@ -40,9 +40,19 @@ def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> N
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  _save_png(img, path)
+
+
+def _save_png(img, path: str) -> None:
+  """Writes a PIL image atomically: a temporary beside `path`, renamed; removed on any failure."""
   tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  try:
+    img.save(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def grid_noise_key(seed: int) -> jax.Array:
@@ -77,14 +87,19 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
   png = os.path.splitext(out)[0] + ".png"
   if partitioning.is_writer():  # every process sampled (its shards) and holds all samples
     tmp = out + ".tmp.npz"
-    np.savez(tmp, **record)
-    os.replace(tmp, out)
+    try:
+      np.savez(tmp, **record)
+      os.replace(tmp, out)
+    except BaseException:   # a full disk, Ctrl-C: no temporary left behind
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+      raise
     save_grid(png, samples[:64])
   if png_dir and partitioning.is_writer():
     from PIL import Image  # pylint: disable=g-import-not-at-top
     os.makedirs(png_dir, exist_ok=True)
     for i, img in enumerate(samples):
-      Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(png_dir, f"{i:06d}.png"))
+      _save_png(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), os.path.join(png_dir, f"{i:06d}.png"))
   return {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
           "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
 

@@ -197,8 +197,13 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   png = os.path.splitext(out)[0] + ".png"
   if partitioning.is_writer():
     tmp = out + ".tmp.npz"
-    np.savez(tmp, **record)
-    os.replace(tmp, out)
+    try:
+      np.savez(tmp, **record)
+      os.replace(tmp, out)
+    except BaseException:   # a full disk, Ctrl-C: no temporary left behind
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+      raise
     reference = np.asarray(toys.sample(target, eval_keys(seed)[1], num))
     title = f"{run.config.method} {run.config.data.task}: {solver}, NFE {record['nfe']}"
     if not success:

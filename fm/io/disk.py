@@ -16,14 +16,14 @@ import errno
 import os
 import shutil
 
-__all__ = ["DiskFull", "is_full", "free_bytes", "human"]
+__all__ = ["DiskFull", "is_full", "chain", "free_bytes", "human"]
 
 _ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How tensorstore (orbax) words ENOSPC / EDQUOT inside its ValueError.
 _TEXTS = ("No space left on device", "Disk quota exceeded", "os_error_code='28'", "os_error_code='122'")
 
 
-def _chain(e: BaseException):
+def chain(e: BaseException):
   """`e`, its causes and contexts, and the members of exception groups (each once)."""
   seen, todo = set(), [e]
   while todo:
@@ -37,7 +37,7 @@ def _chain(e: BaseException):
 
 def is_full(e: BaseException) -> bool:
   """Whether `e` (or anything in its chain) is a write that failed for lack of space or quota."""
-  for x in _chain(e):
+  for x in chain(e):
     if isinstance(x, OSError) and x.errno in _ERRNOS:
       return True
     if any(t in str(x) for t in _TEXTS):

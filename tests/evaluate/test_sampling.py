@@ -38,3 +38,25 @@ def test_num_below_batch_size_integrates_only_num(monkeypatch):
   b, info = sampling.sample(model, params, x0, jax.random.PRNGKey(1), 5, 2, "euler", steps=4, progress=False)
   assert shapes == [2, 2, 2] and info["nfe_per_batch"] == [4, 4, 4]
   np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_png_written_atomically(tmp_path, monkeypatch):
+  """A PNG (`--png-dir`, grids) is written beside its name and renamed: a write that fails (a full disk,
+  a kill) leaves neither a partial PNG nor its temporary."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import images  # pylint: disable=g-import-not-at-top
+  img = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+  path = str(tmp_path / "000000.png")
+  real = Image.Image.save
+
+  def dies_half_way(self, fp, *args, **kw):
+    with open(fp, "wb") as f:
+      f.write(b"\x89PNG")
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(Image.Image, "save", dies_half_way)
+  with pytest.raises(OSError):
+    images._save_png(img, path)
+  assert list(tmp_path.iterdir()) == []
+  monkeypatch.setattr(Image.Image, "save", real)
+  images._save_png(img, path)
+  assert [p.name for p in tmp_path.iterdir()] == ["000000.png"]

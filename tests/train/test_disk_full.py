@@ -16,7 +16,7 @@ import pytest
 
 from fm.io import disk
 from fm.train import checkpoint
-from train.helpers import CONFIG, PYTHON, subprocess_env
+from train.helpers import CONFIG, PYTHON, subprocess_env, trained_run  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -110,3 +110,17 @@ def test_fm_train_on_a_full_disk_then_resumes(tmp_path):
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert checkpoint.latest_step(workdir) == 20
+
+
+def test_fm_sample_on_a_full_disk_leaves_no_temporaries(tmp_path, capsys, trained_run):  # noqa: F811
+  """`fm sample` whose output does not fit: exit 1, one sentence naming the output's folder, and no
+  `*.tmp*` file (nor the output) left on the disk."""
+  from fm import cli  # pylint: disable=g-import-not-at-top
+  with _tmpfs(tmp_path / "disk", "256k") as root:
+    out = os.path.join(root, "s.npz")
+    code = cli.main(["sample", "--workdir", trained_run, "--solver", "euler", "--steps", "2",
+                     "--num", "200000", "--out", out])   # 1.6 MB of float32 points
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith("fm: error: no space left on the disk of"), err
+    assert root in err and "Traceback" not in err
+    assert os.listdir(root) == []
