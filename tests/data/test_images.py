@@ -368,3 +368,15 @@ def test_damaged_tarballs_name_the_file(tmp_path, damage, match):
     f.write(damage(data))
   with pytest.raises(ValueError, match=match if "found" in match else f"d.tar.gz' {match}"):
     images.load(path=tgz, cache_dir=tmp_path / "c")
+
+
+def test_first_decode_is_announced_once(tmp_path, caplog):
+  """Decoding (minutes for CIFAR-10 on a CPU) is announced through the log, so it shows with output
+  redirected; a cached load is silent."""
+  for i in range(3):
+    _save(tmp_path / "ds", f"{i}.png", _rgb(i))
+  with caplog.at_level("INFO", logger="fm"):
+    images.load(path=tmp_path / "ds", cache_dir=tmp_path / "c")
+    images.load(path=tmp_path / "ds", cache_dir=tmp_path / "c")
+  said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding ")]
+  assert len(said) == 1 and "decoding 3 images of" in said[0] and "cached" in said[0]
