@@ -87,18 +87,29 @@ def _read_tar(path: str) -> dict[str, bytes]:
   return found
 
 
+_SHA_MEMO: dict[tuple, str] = {}   # (abspath, size, mtime_ns) of a file -> its sha256, for this process
+
+
 def content_sha(path: str) -> str:
-  """sha256 of a file's bytes; of a directory, over (path, size, mtime_ns) of its images."""
+  """sha256 of a file's bytes; of a directory, over (path, size, mtime_ns) of its images.
+
+  A file's hash is remembered for this process while its size and mtime stay (a
+  resumed run hashes its tarball once to check its identity and once as a cache key).
+  """
   h = hashlib.sha256()
   if os.path.isdir(path):
     for rel, full in sorted(_list_dir(path).items()):
       st = os.stat(full)
       h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-  else:
+    return h.hexdigest()
+  st = os.stat(path)
+  key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+  if key not in _SHA_MEMO:
     with open(path, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
-  return h.hexdigest()
+    _SHA_MEMO[key] = h.hexdigest()
+  return _SHA_MEMO[key]
 
 
 def _select(rels, split: str, where: str):
