@@ -164,11 +164,16 @@ def _try_flock(fd: int) -> str | None:
   except OSError as e:
     if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
       raise
-    holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
-    return f"pid {holder}" if holder.isdigit() else holder   # a lock file of fm before hosts were named
+    return _holder(fd)
   os.ftruncate(fd, 0)
   os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
   return None
+
+
+def _holder(fd: int) -> str:
+  """Who holds the lock, as its file says: "pid N on HOST" ("pid N" from an fm before hosts were named)."""
+  holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
+  return f"pid {holder}" if holder.isdigit() else holder
 
 
 def _process_count() -> int:
@@ -197,9 +202,7 @@ def check_free(workdir: str) -> None:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
   except OSError as e:
     if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-      holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
-      holder = f"pid {holder}" if holder.isdigit() else holder
-      raise config_lib.ConfigError(_busy(workdir, holder)) from None
+      raise config_lib.ConfigError(_busy(workdir, _holder(fd))) from None
   finally:
     os.close(fd)
 
