@@ -17,7 +17,7 @@ from typing import Any
 
 from fm.data.base import Source
 
-__all__ = ["Source", "NAMES", "make", "check", "identity", "split_options", "x0_sampler"]
+__all__ = ["Source", "NAMES", "make", "check", "identity", "example_shape", "split_options", "x0_sampler"]
 
 _MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders: fm.data.folder
 NAMES = tuple(_MODULES)
@@ -55,6 +55,16 @@ def identity(name: str, **options: Any) -> str | None:
   """
   module = _module(name)
   return module.identity(**options) if hasattr(module, "identity") else None
+
+
+def example_shape(name: str, **options: Any) -> tuple[int, ...] | None:
+  """The shape of one example without loading the data, where a module can tell cheaply (else None).
+
+  A module may define `example_shape(**options)`; models are checked against it
+  before the data is loaded (`fm.train.loop.load_source`).
+  """
+  module = _module(name)
+  return module.example_shape(**options) if hasattr(module, "example_shape") else None
 
 
 def make(name: str, batch_size: int, **options: Any) -> Source:

@@ -37,7 +37,7 @@ import zlib
 import numpy as np
 import tqdm
 
-__all__ = ["read", "content_sha", "max_unreadable"]
+__all__ = ["read", "content_sha", "max_unreadable", "first_shape"]
 
 log = logging.getLogger("fm")
 
@@ -216,6 +216,34 @@ def _decode(names: list[str], items: list, desc: str, where: str) -> tuple[np.nd
     if modes[i] != "RGB":
       converted[modes[i]] = converted.get(modes[i], 0) + 1
   return out, {"skipped": [names[i] for i in sorted(errors)], "converted": converted}
+
+
+def first_shape(path: str) -> tuple[int, int, int] | None:
+  """`(H, W, 3)` of the first image found (all must share it), decoding one image; None if none decodes.
+
+  Lets a model be checked against the data's shape before minutes of decoding.
+  Problems with the folder itself are left to `read`, which names them.
+  """
+  try:
+    if os.path.isdir(path):
+      for d, dirs, files in os.walk(path):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        for f in sorted(files):
+          rel = os.path.relpath(os.path.join(d, f), path).replace(os.sep, "/")
+          if _is_image(rel):
+            a, _ = _decode_one(os.path.join(d, f))
+            if a is not None:
+              return tuple(a.shape)
+      return None
+    with tarfile.open(path, "r|*") as tf:
+      for m in tf:
+        if m.isfile() and _is_image(m.name.lstrip("./")):
+          a, _ = _decode_one(tf.extractfile(m).read())
+          if a is not None:
+            return tuple(a.shape)
+  except (tarfile.TarError, EOFError, zlib.error, OSError):
+    return None
+  return None
 
 
 def read(path: str, split: str = "train", limit: int | None = None):

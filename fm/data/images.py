@@ -40,7 +40,7 @@ import tqdm
 from fm.data import folder
 from fm.data.base import Source
 
-__all__ = ["check_options", "identity", "check_cache_dir", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
+__all__ = ["check_options", "identity", "example_shape", "check_cache_dir", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
            "default_cache_dir"]
 
 _CACHE_FORMAT = 2   # 2: the json holds the files' size and sha256 and the decode report
@@ -379,6 +379,17 @@ def _from_config(path="", dataset="", split="train", hflip=True, image_size=0, l
                      f"(e.g. ../shared/data/cifar10-jpeg.tar.gz), or data.path='' and data.dataset=cifar10")
   return dict(path=path or None, dataset=None if path else (dataset or None), split=split,
               image_size=image_size or None, limit=limit or None), hflip
+
+
+def example_shape(**options) -> tuple[int, ...] | None:
+  """The shape of one example `(H, W, 3)` without loading the data (one image decoded); None if unknown."""
+  kwargs, _ = _from_config(**options)
+  if kwargs["path"] is None:
+    return None
+  shape = folder.first_shape(kwargs["path"])
+  if shape is None or kwargs["image_size"] is None:
+    return shape
+  return (kwargs["image_size"], kwargs["image_size"], shape[2])
 
 
 def identity(**options) -> str | None:

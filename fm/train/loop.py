@@ -173,17 +173,25 @@ def train(config: ml_collections.ConfigDict, workdir: str):
 
 def load_source(config: ml_collections.ConfigDict):
   """The config's data `Source`, checked against the model (shape); ConfigError (one sentence) if either
-  does not fit. Runs before the workdir is created or locked, so bad data leaves nothing behind."""
+  does not fit. The model is checked from one decoded example before the data is loaded, and again
+  after; all of it runs before the workdir is created or locked, so bad data leaves nothing behind."""
   from fm import models  # pylint: disable=g-import-not-at-top
   name, options = data_lib.split_options(config_lib.to_dict(config.data))
+  model = models.make(config.model.name, **run_lib.model_kwargs(config))
+
+  def check(shape):
+    try:
+      models.check_shape(model, shape)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"bad config 'model' for data of shape {list(shape)}: {e}") from e
   try:
+    shape = data_lib.example_shape(name, **options)
+    if shape is not None:
+      check(shape)
     source = data_lib.make(name, config.train.batch_size, **options)
   except ValueError as e:
     raise config_lib.ConfigError(f"bad data ({name}): {e}") from e
-  try:
-    models.check_shape(models.make(config.model.name, **run_lib.model_kwargs(config)), source.shape)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"bad config 'model' for data of shape {list(source.shape)}: {e}") from e
+  check(source.shape)
   return source
 
 

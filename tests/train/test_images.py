@@ -114,3 +114,16 @@ def test_moved_data_resumes_and_damaged_images_are_recorded(folder, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="is not the data this run trained on"):
     loop.train(_config(moved, **{"train.steps": "30"}), workdir)
   assert os.path.getmtime(os.path.join(workdir, "config.json")) == before
+
+
+def test_model_checked_against_the_data_before_decoding_it(folder, tmp_path, monkeypatch):
+  """A model that cannot take the images is refused after one image is decoded, not after all of them."""
+  from fm.data import folder as folder_lib
+  decoded = []
+  real = folder_lib._decode
+  monkeypatch.setattr(folder_lib, "_decode", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+  config = _config(folder, model={"name": "unet", "num_channels": 32, "channel_mult": (1, 2),
+                                  "attention_resolutions": "64", "num_head_channels": -1})
+  with pytest.raises(config_lib.ConfigError, match="attention_resolutions 64 names no level.* 8x8 are 8, 4"):
+    loop.train(config, str(tmp_path / "run"))
+  assert not decoded and not os.path.exists(tmp_path / "run")
