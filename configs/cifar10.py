@@ -43,16 +43,13 @@ _SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def get_config(variant=None):
   c = ml_collections.ConfigDict()
-  c.method = "icfm"            # one of fm.methods.NAMES
-  c.sigma = 0.0                # TorchCFM's CIFAR recipe: sigma = 0
-  c.time_sampler = "uniform"   # "uniform" | "logit_normal"
+  c.method = "icfm"            # a preset (fm.methods.PRESETS): fills in the names left None below
   c.seed = 0
-  c.time = ml_collections.ConfigDict({"m": None, "s": None})  # logit_normal location, scale
-  c.coupling = ml_collections.ConfigDict({
-      "solver": None, "epsilon": None, "relative": None, "threshold": None,
-      "max_iterations": None, "replace": None,
-      "scope": None,  # several devices: "global" (default) pairs the whole batch, "local" each shard
-  })
+  # Component sections: `name` (None = the method's) and only that component's options (see
+  # docs/configuration.md); add one on the command line, e.g. --config.coupling.name=sinkhorn.
+  c.coupling = ml_collections.ConfigDict({"name": None})   # fm.couplings.NAMES
+  c.path = ml_collections.ConfigDict({"name": None, "sigma": 0.0})   # TorchCFM's CIFAR recipe: sigma = 0
+  c.time = ml_collections.ConfigDict({"name": None})       # "uniform" | "logit_normal" (options m, s)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "images"

@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 
+from fm.errors import UserError
+
 __all__ = ["main"]
 
 
-class UsageError(Exception):
-  pass
+class UsageError(UserError):
+  """A bad command-line flag (a `fm.errors.UserError`)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,19 +51,16 @@ def _load_config(args, overrides, workdir_fallback: bool):
     config = config_lib.load(args.config)
   elif workdir_fallback and os.path.isfile(os.path.join(args.workdir, "config.json")):
     with open(os.path.join(args.workdir, "config.json")) as f:
-      config = config_lib.from_dict(json.load(f))
+      config = config_lib.from_dict(config_lib.upgrade(json.load(f)))
   else:
     raise UsageError("--config is required (e.g. --config configs/toy2d.py)")
   return config_lib.apply_overrides(config, overrides)
 
 
 def _train(args, overrides):
-  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fm import experiment  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides, workdir_fallback=True)
-  config_lib.validate(config)   # before importing the trainer: bad values are answered at once
-  from fm import train  # pylint: disable=g-import-not-at-top
-  train.prepare(config, args.workdir)
-  result = train.train_and_evaluate(config, args.workdir)
+  result = experiment.train_and_evaluate(config, args.workdir)   # resolves (checks) the config first
   if isinstance(result, dict):
     print(json.dumps(result, indent=2))
   import jax  # pylint: disable=g-import-not-at-top  (imported by the trainer)
@@ -73,9 +72,9 @@ def _train(args, overrides):
 
 def _check_num(workdir: str, num: int, kind: str) -> None:
   """UsageError if `--num` samples cannot fit in this machine's memory (or in int32 indices)."""
-  from fm.train import run  # pylint: disable=g-import-not-at-top
+  from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   size = 1
-  for d in run.read_source_info(workdir)["shape"]:
+  for d in workdir_lib.read_source_info(workdir)["shape"]:
     size *= int(d)
   # Points: one dopri5 solve holds ~10 float32 copies of all samples; images: uint8 on the host.
   needed = num * size * (40 if kind == "points" else 1)
@@ -153,8 +152,7 @@ def _eval(args, overrides):
   workdir_lib.check_run(args.workdir)   # path problems first: they need no JAX
   workdir_lib.check_writable_dir(args.workdir, "workdir")
   from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
-  from fm.train import run  # pylint: disable=g-import-not-at-top
-  kind = run.read_source_info(args.workdir)["kind"]
+  kind = workdir_lib.read_source_info(args.workdir)["kind"]
   metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
   opts = runner.Options(
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
@@ -408,7 +406,6 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("fm").setLevel(logging.INFO)
-  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   args = None
   try:
     args, extra = _parser().parse_known_args(argv)
@@ -422,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     code = args.fn(args, overrides)
     if code:
       return code
-  except (UsageError, config_lib.ConfigError) as e:
+  except UserError as e:
     print(f"fm: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

@@ -1,11 +1,18 @@
-"""Python config files, dotted command-line overrides and validation.
+"""Python config files, dotted command-line overrides, and the mapping of old config shapes.
 
 A config is a Python file under `configs/` defining `get_config(arg=None)` that
 returns an `ml_collections.ConfigDict`; `"configs/toy2d.py:smoke"` calls
 `get_config("smoke")`. Overrides such as `train.steps=20000` are parsed with the
 type of the default value, so `train.steps=1e4` or `train.stpes=10` fail early.
-Every problem is reported as a `ConfigError` whose message is one sentence that
-names the bad key or value and the valid choices.
+
+The component sections `coupling`, `path` and `time` are open: each names its
+component (`name`, None = the method preset's) and holds only the options set;
+an override may add any key to them (`coupling.reg_m=1.0`), parsed as a Python
+literal, and the chosen component's factory then accepts or refuses it
+(`fm.recipe.resolve`). `canonical` fills in the preset's names and sigma and
+maps configs of the old shape (top-level `sigma` and `time_sampler`, a
+`coupling` section without `name`) to the new one. Every problem is a
+`fm.errors.UserError` (alias `ConfigError`) whose message is one sentence.
 """
 from __future__ import annotations
 
@@ -17,16 +24,20 @@ import math
 import os
 from typing import Any, Iterable
 
+from fm.errors import UserError
 
-__all__ = ["ConfigError", "load", "apply_overrides", "validate", "to_dict",
-           "from_dict", "flatten", "diff", "OPTIMIZERS", "SCHEDULES"]
+
+__all__ = ["ConfigError", "load", "apply_overrides", "to_dict", "from_dict", "flatten", "diff", "upgrade",
+           "canonical", "check", "check_positive", "SECTIONS", "ALIASES", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw")
+SECTIONS = ("coupling", "path", "time")   # open component sections: {name, ...that component's options}
+# Old top-level keys (still accepted as overrides) -> their place in the sections.
+ALIASES = {"sigma": "path.sigma", "time_sampler": "time.name"}
 SCHEDULES = ("constant", "cosine")
 
 
-class ConfigError(ValueError):
-  """A bad config file, key or value; the message is a single sentence."""
+ConfigError = UserError  # the historical name of `fm.errors.UserError`
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
@@ -46,7 +57,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
   except ValueError as e:
     raise ConfigError(f"config {spec!r}: {e}") from e
-  return from_dict(to_dict(config))
+  return from_dict(upgrade(to_dict(config)))
 
 
 def to_dict(config) -> dict[str, Any]:
@@ -101,9 +112,12 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
       return float(value)
     if isinstance(default, str):
       return text
-    if default is None:  # optional number: "none" or a literal, else a string
-      if text.strip().lower() in ("none", "null"):
+    if default is None:  # an unset option: "none", a bool, a literal, else a string
+      low = text.strip().lower()
+      if low in ("none", "null"):
         return None
+      if low in ("true", "false"):
+        return low == "true"
       try:
         value = ast.literal_eval(text)
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -124,10 +138,20 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Iterable[tuple[str, str]]) -> ml_collections.ConfigDict:
-  """Returns a copy of `config` with dotted `(key, text)` overrides applied."""
-  d = to_dict(config)
+  """Returns a copy of `config` with dotted `(key, text)` overrides applied.
+
+  A key of an open section (`coupling.reg_m`) may be new: its value is parsed as
+  a literal and checked later by the component's factory. `sigma` and
+  `time_sampler` are accepted for `path.sigma` and `time.name`.
+  """
+  d = upgrade(to_dict(config))
   valid = flatten(d)
   for key, text in overrides:
+    key = ALIASES.get(key, key)
+    section, dot, option = key.partition(".")
+    if key not in valid and section in SECTIONS and dot and option and "." not in option:
+      valid[key] = None
+      d.setdefault(section, {})
     if key not in valid:
       close = difflib.get_close_matches(key, list(valid), n=3)
       hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"valid keys: {', '.join(sorted(valid))}"
@@ -140,18 +164,55 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return from_dict(d)
 
 
-def _choice(key, value, choices):
-  if value not in choices:
-    raise ConfigError(f"bad value {value!r} for config key {key!r}; valid choices: {', '.join(map(str, choices))}")
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+  """A config dict of the old shape mapped to the new one (a new-shape dict is returned unchanged).
+
+  Old: top-level `sigma` and `time_sampler`, `time = {m, s}` and a `coupling`
+  section of every coupling's options, without `name`, unset ones None. New:
+  `path = {name, sigma}`, `time = {name, ...}`, `coupling = {name, ...}`; the
+  preset (`method`) fills in the names left None (`canonical`).
+  """
+  d = json.loads(json.dumps(d))
+  sections = {s: dict(d.get(s) or {}) for s in SECTIONS}
+  if "sigma" in d:
+    sections["path"].setdefault("sigma", d.pop("sigma"))
+  if "time_sampler" in d:
+    sections["time"].setdefault("name", d.pop("time_sampler"))
+  for name, section in sections.items():
+    section.setdefault("name", None)
+    if name != "path":  # an unset option is the component's default: dropped
+      section = {k: v for k, v in section.items() if v is not None or k == "name"}
+    d[name] = section
+  d["path"].setdefault("sigma", None)
+  return d
+
+
+def canonical(d: dict[str, Any]) -> dict[str, Any]:
+  """The config dict a run records: new shape, the method preset's names and sigma filled in.
+
+  Unset (None) options are dropped, so two configs that build the same run are
+  equal. Names and values are not checked here (`fm.recipe.resolve` does that).
+  """
+  from fm import methods  # pylint: disable=g-import-not-at-top  (JAX on use)
+  d = upgrade(d)
+  preset = methods.PRESETS.get(d.get("method"))
+  if preset is None:
+    return d
+  for section, default in (("coupling", preset.coupling), ("path", preset.path), ("time", preset.time)):
+    if d[section].get("name") is None:
+      d[section]["name"] = default
+  if d["path"].get("sigma") is None:
+    d["path"]["sigma"] = preset.sigma
+  return d
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _positive(config_dict, keys, allow_zero=False):
-  """Finite numbers > 0 (>= 0); floats must also be finite in float32, the dtype they are used in."""
+def check_positive(f: dict[str, Any], keys: Iterable[str], allow_zero: bool = False) -> None:
+  """Finite numbers > 0 (>= 0) at dotted `keys` of a flat dict; floats must also be finite in float32."""
   for key in keys:
-    value = config_dict[key]
+    value = f[key]
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
         or value < 0 or (value == 0 and not allow_zero)
         or (isinstance(value, float) and value > _FLOAT32_MAX)):
@@ -160,60 +221,37 @@ def _positive(config_dict, keys, allow_zero=False):
       raise ConfigError(f"bad value {value!r} for config key {key!r}: must be a finite number {bound}{f32}")
 
 
-def _component(key: str, build) -> None:
-  """Runs a component's own validation; its ValueError becomes a ConfigError naming `key`."""
-  try:
-    build()
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"bad config {key!r}: {e}") from e
+def _choice(key, value, choices):
+  if value not in choices:
+    raise ConfigError(f"bad value {value!r} for config key {key!r}; valid choices: {', '.join(map(str, choices))}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks names and ranges; raises `ConfigError` with one sentence.
+def check(config) -> None:
+  """The checks that need no component: required keys, the trainer's numbers, path.sigma's range.
 
-  The trainer's own numbers are checked here; every component (data source,
-  model, method with its coupling and time sampler, optimizer) validates its
-  own options through its factory, so a new component needs no change here.
+  Imports nothing, so `fm train` answers these at once; `fm.recipe.resolve`
+  runs it first and then checks every component through its factory.
   """
-  f = flatten(to_dict(config))
+  d = upgrade(to_dict(config))
+  f = flatten(d)
   for key in ("method", "seed", "model.name", "train.steps", "train.batch_size", "train.lr"):
     if key not in f:
       raise ConfigError(f"config is missing required key {key!r}")
-  # The trainer's numbers first: they need no imports, so these errors come at once.
-  _positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints"])
-  _positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
-  _positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.grid_steps", "eval.batch_size",
-                            "eval.rtol", "eval.atol") if k in f])
-  _positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
+  check_positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
+                     "train.checkpoint_every", "train.keep_checkpoints"])
+  check_positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
+  check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.grid_steps", "eval.batch_size",
+                                 "eval.rtol", "eval.atol") if k in f])
+  check_positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
   if not 0 <= f["train.ema_decay"] < 1:
     raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")
   _choice("train.optimizer", f["train.optimizer"], OPTIMIZERS)
   _choice("train.schedule", f["train.schedule"], SCHEDULES)
-  sigma = f.get("sigma")
+  sigma = d["path"].get("sigma")
   if sigma is not None:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-      raise ConfigError(f"bad value {sigma!r} for config key 'sigma': must be a number >= 0 or none (the method's default)")
-    if f["method"] == "rf" and sigma != 0:
-      raise ConfigError(f"bad value {sigma!r} for config key 'sigma': method 'rf' has sigma = 0, use 'icfm' for sigma > 0")
-  from fm import data, methods, models, solvers  # pylint: disable=g-import-not-at-top
-  from fm.train import run as run_lib, state as state_lib  # pylint: disable=g-import-not-at-top
-  _choice("method", f["method"], methods.NAMES)
-  name, options = data.split_options(to_dict(config.get("data", {})))
-  _component("data", lambda: data.check(name, **options))
-  _choice("model.name", f["model.name"], models.NAMES)
-  _component("model", lambda: models.make(config.model.name, **run_lib.model_kwargs(config)))
-  _component("method", lambda: methods.make(config.method, **run_lib.method_kwargs(config)))
-  tc = config.train
-  _component("train", lambda: state_lib.make_optimizer(
-      tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay))
-  import jax  # pylint: disable=g-import-not-at-top
-  if f["train.batch_size"] % jax.device_count():
-    raise ConfigError(f"bad value {f['train.batch_size']!r} for config key 'train.batch_size': "
-                      f"must be divisible by the {jax.device_count()} devices")
-  if f.get("reflow.teacher"):
-    if f["method"] != "rf":
-      raise ConfigError(f"config key 'reflow.teacher' needs method 'rf' (reflow trains a rectified flow on "
-                        f"teacher pairs), got method {f['method']!r}")
-    _choice("reflow.solver", f["reflow.solver"], solvers.SOLVERS)
-    _positive(f, ["reflow.num_pairs", "reflow.steps", "reflow.rtol", "reflow.atol"])
+      raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma': must be a number >= 0 or none "
+                        f"(the method's default)")
+    if d["method"] == "rf" and sigma != 0:
+      raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma' (sigma): method 'rf' has sigma = 0, "
+                        f"use 'icfm' for sigma > 0")

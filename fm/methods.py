@@ -1,4 +1,9 @@
-"""Named flow-matching methods: a coupling, a probability path and a time sampler.
+"""Flow-matching methods: a coupling x a probability path x a time sampler, and the named presets.
+
+A `Method` is any composition of the three (`compose`); a method *name* is only
+a preset (`PRESETS`) that fills in the component names and sigma a config leaves
+unset, so `method=otcfm` with `coupling.name=sinkhorn` is OT-CFM with an
+entropic plan on the same linear path.
 
 =======  =====================================  =========================  =============
 name     coupling                               path                       default sigma
@@ -24,19 +29,28 @@ import jax.numpy as jnp
 
 from fm import couplings, paths, timesteps
 
-__all__ = ["Method", "make", "NAMES", "DEFAULT_SIGMA"]
+__all__ = ["Method", "Preset", "PRESETS", "compose", "make", "make_path", "NAMES", "DEFAULT_SIGMA"]
 
-# name -> (coupling name, path name, default sigma)
-_SPEC = {
-    "icfm": ("independent", "linear", 0.1),
-    "rf": ("independent", "linear", 0.0),
-    "otcfm": ("exact", "linear", 0.1),
-    "sbcfm": ("sb", "sb", 1.0),
-    "fm": ("independent", "lipman", 1e-4),
-    "vp": ("independent", "vp", 0.1),
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """What a method name fills in: component names and the path's sigma."""
+  coupling: str
+  path: str
+  sigma: float
+  time: str = "uniform"
+
+
+PRESETS = {
+    "icfm": Preset("independent", "linear", 0.1),
+    "rf": Preset("independent", "linear", 0.0),
+    "otcfm": Preset("exact", "linear", 0.1),
+    "sbcfm": Preset("sb", "sb", 1.0),
+    "fm": Preset("independent", "lipman", 1e-4),
+    "vp": Preset("independent", "vp", 0.1),
 }
-NAMES = tuple(_SPEC)
-DEFAULT_SIGMA = {name: spec[2] for name, spec in _SPEC.items()}
+NAMES = tuple(PRESETS)
+DEFAULT_SIGMA = {name: p.sigma for name, p in PRESETS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +61,15 @@ class Method:
   path: paths.Path
   time_sampler: Callable
 
-  def loss(self, apply_fn, params, key, x0, x1):
+  def loss(self, apply_fn, params, key, x0, x1, **extras):
     """CFM loss on one batch.
 
     Args:
-      apply_fn: `apply_fn(params, t, x) -> v`, t `[B]`, x and v `[B, *shape]`.
+      apply_fn: `apply_fn(params, t, x, **extras) -> v`, t `[B]`, x and v `[B, *shape]`.
       params: network parameters.
       key: PRNG key for coupling, times and path noise.
       x0, x1: source and target batches `[B, *shape]`.
+      **extras: passed to `apply_fn` (model conditioning, e.g. `y=`).
 
     Returns:
       `(loss, aux)`: scalar loss and a dict of scalar diagnostics (`loss` and the
@@ -65,36 +80,43 @@ class Method:
     t = self.time_sampler(k_t, x0.shape[0], x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t, u_t = self.path.interpolate(x0, x1, t, eps)
-    v = apply_fn(params, t, x_t)
+    v = apply_fn(params, t, x_t, **extras)
     loss = jnp.mean(jnp.square(v - u_t))
     return loss, {"loss": loss, **info}
 
 
+def make_path(name: str, sigma: float | None) -> paths.Path:
+  """The path `name` at noise level `sigma` (sigma_min for "lipman"; None: the path's default)."""
+  return paths.make(name, **({"sigma_min": sigma} if name == "lipman" else {"sigma": sigma}))
+
+
+def compose(coupling: Callable, path: paths.Path, time_sampler: Callable, name: str = "custom") -> Method:
+  """A method from its three components (`fm.recipe.build` assembles them from a config)."""
+  return Method(name=name, coupling=coupling, path=path, time_sampler=time_sampler)
+
+
 def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
          time_kwargs: dict[str, Any] | None = None, mesh=None, **coupling_kwargs) -> Method:
-  """Builds a named method, e.g. `make("otcfm", sigma=0.0)`.
+  """Builds the preset `name` with its own components, e.g. `make("otcfm", sigma=0.0)`.
 
   Args:
     name: one of `NAMES`.
-    sigma: noise level of the path (sigma_min for "fm"); None takes the method's
-      default (`DEFAULT_SIGMA`). For "sbcfm" it also sets the entropic
-      regularisation epsilon = 2 sigma^2 of the coupling. "rf" only takes 0.
+    sigma: noise level of the path (sigma_min for "fm"); None takes the preset's
+      (`DEFAULT_SIGMA`). For "sbcfm" it also sets the entropic regularisation
+      epsilon = 2 sigma^2 of the coupling. "rf" only takes 0.
     time_sampler: "uniform" or "logit_normal"; `time_kwargs` are its arguments.
     mesh: data-parallel mesh the batch is sharded over (None: one device);
       with `scope=` ("global" | "local") it says how the coupling pairs it.
     **coupling_kwargs: passed to the coupling (e.g. `solver=` for exact OT,
       `threshold=` for sb, `scope=`).
   """
-  if name not in _SPEC:
+  if name not in PRESETS:
     raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(NAMES)}")
-  coupling_name, path_name, default_sigma = _SPEC[name]
+  preset = PRESETS[name]
   if name == "rf" and sigma not in (None, 0, 0.0):
     raise ValueError(f"method 'rf' (rectified flow) has sigma = 0, got sigma={sigma!r}; use 'icfm' for sigma > 0")
-  sigma = default_sigma if sigma is None else sigma
-  path_kwargs = {"sigma_min": sigma} if path_name == "lipman" else {"sigma": sigma}
-  path = paths.make(path_name, **path_kwargs)
-  if coupling_name == "sb":
+  sigma = preset.sigma if sigma is None else sigma
+  if preset.coupling == "sb":
     coupling_kwargs = {"sigma": sigma, **coupling_kwargs}
-  coupling = couplings.make(coupling_name, mesh=mesh, **coupling_kwargs)
-  sampler = timesteps.make(time_sampler, **(time_kwargs or {}))
-  return Method(name=name, coupling=coupling, path=path, time_sampler=sampler)
+  return compose(couplings.make(preset.coupling, mesh=mesh, **coupling_kwargs), make_path(preset.path, sigma),
+                 timesteps.make(time_sampler, **(time_kwargs or {})), name=name)

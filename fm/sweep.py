@@ -47,12 +47,12 @@ def _run_name(point: dict[str, str]) -> str:
 
 
 def expand(config: ml_collections.ConfigDict, grid: dict[str, list[str]]):
-  """[(name, point, config)] for every grid point, each validated."""
+  """[(name, point, config)] for every grid point, each resolved (`fm.recipe.resolve`)."""
   runs = []
   for values in itertools.product(*grid.values()):
     point = dict(zip(grid, values))
-    run_config = config_lib.apply_overrides(config, point.items())
-    config_lib.validate(run_config)
+    from fm import recipe  # pylint: disable=g-import-not-at-top
+    run_config = recipe.resolve(config_lib.apply_overrides(config, point.items()))
     runs.append((_run_name(point), point, run_config))
   return runs
 
@@ -104,7 +104,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: dict[str, l
   Returns `(rows, failures)`: `aggregate`'s rows of the points that finished and
   `(point label, error)` of those that raised (a preemption still stops the sweep).
   """
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
+  from fm import evaluate, experiment  # pylint: disable=g-import-not-at-top
   from fm.train import loop  # pylint: disable=g-import-not-at-top
   runs = expand(config, grid)
   for name, _, run_config in runs:  # validate everything before touching any workdir
@@ -116,7 +116,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: dict[str, l
     try:
       result = evaluate.up_to_date(run_dir, run_config.train.steps) if os.path.isdir(run_dir) else None
       if result is None:
-        loop.train(run_config, run_dir)
+        experiment.train(run_config, run_dir)
         result = evaluate.evaluate_workdir(run_dir)
       else:
         log.info("%s: finished, eval.json is up to date", run_dir)

@@ -18,16 +18,17 @@ def smoke_runs(tmp_path_factory):
   """
   from fm import config as config_lib, methods  # pylint: disable=g-import-not-at-top
   from fm.evaluate import toy  # pylint: disable=g-import-not-at-top
-  from fm.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
+  from fm import recipe
+  from fm import experiment  # pylint: disable=g-import-not-at-top
   out = {}
   for method in methods.NAMES:
     config = config_lib.apply_overrides(config_lib.load(SMOKE), [("method", method)])
     workdir = str(tmp_path_factory.mktemp(method))
-    result = loop.train_and_evaluate(config, workdir)
+    result = experiment.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       rows = [json.loads(l) for l in f]
     out[method] = (result, rows, workdir)
-  run = run_lib.build(config)
+  run = recipe.build(config)
   ec = config.eval
   out["untrained"] = toy.evaluate(run.model, run.init_state().params, config.data.task, ec.num_samples, ec.seed,
                                   ec.rtol, ec.atol, ec.euler_steps)

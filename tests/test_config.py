@@ -2,6 +2,7 @@
 import pytest
 
 from fm import config as config_lib
+from fm import recipe
 
 SPEC = "configs/toy2d.py"
 
@@ -10,8 +11,8 @@ def test_load_default_and_smoke():
   c = config_lib.load(SPEC)
   s = config_lib.load(SPEC + ":smoke")
   assert c.train.steps == 20_000 and s.train.steps < 1000
-  config_lib.validate(c)
-  config_lib.validate(s)
+  recipe.resolve(c)
+  recipe.resolve(s)
 
 
 def test_unknown_variant():
@@ -30,8 +31,8 @@ def test_overrides_are_typed():
       ("sigma", "0.05"), ("eval.at_end", "false")])
   assert c.train.steps == 123 and isinstance(c.train.steps, int)
   assert c.train.lr == 1.0 and isinstance(c.train.lr, float)
-  assert c.sigma == 0.05 and c.eval.at_end is False
-  assert config_lib.apply_overrides(config_lib.load(SPEC), [("sigma", "none")]).sigma is None
+  assert c.path.sigma == 0.05 and c.eval.at_end is False   # `sigma` is the old name of path.sigma
+  assert config_lib.apply_overrides(config_lib.load(SPEC), [("sigma", "none")]).path.sigma is None
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -58,14 +59,14 @@ def test_bad_overrides(key, value, match):
 def test_validation(key, value, match):
   c = config_lib.apply_overrides(config_lib.load(SPEC), [(key, value)])
   with pytest.raises(config_lib.ConfigError, match=match) as e:
-    config_lib.validate(c)
+    recipe.resolve(c)
   assert str(e.value).count("\n") == 0
 
 
 def test_rf_rejects_sigma():
   c = config_lib.apply_overrides(config_lib.load(SPEC), [("method", "rf"), ("sigma", "0.1")])
   with pytest.raises(config_lib.ConfigError, match="sigma"):
-    config_lib.validate(c)
+    recipe.resolve(c)
 
 
 def test_diff_and_flatten():
@@ -86,13 +87,13 @@ def test_diff_and_flatten():
 def test_degenerate_values_refused(overrides, match):
   c = config_lib.apply_overrides(config_lib.load(SPEC), overrides)
   with pytest.raises(config_lib.ConfigError, match=match) as e:
-    config_lib.validate(c)
+    recipe.resolve(c)
   assert str(e.value).count("\n") == 0
 
 
 def test_coupling_settings_reach_the_coupling():
-  from fm.train import run as run_lib
+  from fm import recipe
   c = config_lib.apply_overrides(config_lib.load(SPEC), [
       ("method", "sbcfm"), ("coupling.threshold", "1e-5"), ("coupling.max_iterations", "7")])
-  coupling = run_lib.build(c).method.coupling
+  coupling = recipe.build(c).method.coupling
   assert coupling.threshold == 1e-5 and coupling.max_iterations == 7

@@ -89,7 +89,8 @@ def step_times(batch, repeats, steps_per_call=10):
   """Train-step time (ms) of the CIFAR-10 recipe for icfm and otcfm with each exact solver."""
   from fm import models  # pylint: disable=g-import-not-at-top
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
-  from fm.train import run as run_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+  from fm import recipe
+  from fm.train import step as step_lib  # pylint: disable=g-import-not-at-top
   if "unet" not in models.NAMES:
     print("--step: fm.models has no 'unet' yet; skipped")
     return
@@ -108,8 +109,8 @@ def step_times(batch, repeats, steps_per_call=10):
     config.method, config.train.batch_size = method, batch
     if solver:
       config.coupling.solver = solver
-    run = run_lib.build(config, shape)
-    f = jax.jit(step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, batch_fn,
+    run = recipe.build(config, shape)
+    f = jax.jit(step_lib.make_multi_step(recipe.loss_fn(run), run.optimizer, batch_fn,
                                          config.train.ema_decay), donate_argnums=0)
     state = run.init_state()
     state, _ = jax.block_until_ready(f(state, np.int32(steps_per_call), None))  # compile + warm

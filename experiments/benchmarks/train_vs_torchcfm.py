@@ -11,7 +11,7 @@ Task 8gaussians->moons (2D), TorchCFM's `MLP(dim=2, w=64, time_varying=True)`
          default ot_method="exact" would ignore reg and solve exact OT)
 
 fm runs through the trainer's own code path (what `fm train` runs):
-`fm.train.run.build(config)` on `configs/toy2d.py` plus
+`fm.recipe.build(config)` on `configs/toy2d.py` plus
 `jax.jit(fm.train.step.make_multi_step(...), donate_argnums=0)`, with data drawn
 inside the jitted step. `fm K=<steps_per_call>` is the trainer default (several
 steps per dispatch); `fm K=1` dispatches every step. The trainer's step also
@@ -84,7 +84,8 @@ def make_fm_runner(method, task, batch, lr, steps_per_call):
   import jax
   from fm import config as config_lib
   from fm.data import toys
-  from fm.train import run as run_lib, step as step_lib
+  from fm import recipe
+  from fm.train import step as step_lib
 
   config = config_lib.load(os.path.join(ROOT, "configs", "toy2d.py"))
   config.method = method
@@ -93,8 +94,8 @@ def make_fm_runner(method, task, batch, lr, steps_per_call):
   config.train.batch_size = batch
   config.train.lr = lr
   K = config.train.steps_per_call if steps_per_call is None else steps_per_call
-  config_lib.validate(config)
-  run = run_lib.build(config)
+  recipe.resolve(config)
+  run = recipe.build(config)
   batch_fn = toys.make_source(batch, task).batch_fn
 
   def loss_fn(params, key, x0, x1):

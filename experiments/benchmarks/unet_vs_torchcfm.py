@@ -11,7 +11,7 @@ scaled to [-1, 1]. Presets:
   cifar  the full recipe (128 ch, mult (1, 2, 2, 2), 2 res blocks, attention at 16,
          64-ch heads, dropout 0.1; 35,746,307 params), batch 128: for a GPU.
 
-fm runs the trainer's own step: `fm.train.run.build(config)` on
+fm runs the trainer's own step: `fm.recipe.build(config)` on
 `configs/cifar10.py` and `jax.jit(make_multi_step(...), donate_argnums=0)`
 with `steps_per_call` steps per dispatch, batches drawn inside the step from
 the uint8 images held on device. TorchCFM runs the loop body of its
@@ -74,7 +74,8 @@ def make_fm_runner(method, preset, dtype, batch):
   import jax  # pylint: disable=g-import-not-at-top
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
   from fm.data import images as images_data  # pylint: disable=g-import-not-at-top
-  from fm.train import run as run_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+  from fm import recipe
+  from fm.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
   p = PRESETS[preset]
   config = config_lib.load(os.path.join(ROOT, "configs", "cifar10.py"))
@@ -82,10 +83,10 @@ def make_fm_runner(method, preset, dtype, batch):
                "model.dtype": dtype, **{f"model.{k}": v for k, v in p["model"].items()}}
   config = config_lib.apply_overrides(
       config, [(k, ",".join(map(str, v)) if isinstance(v, tuple) else str(v)) for k, v in overrides.items()])
-  config_lib.validate(config)
-  run = run_lib.build(config, (32, 32, 3))
+  recipe.resolve(config)
+  run = recipe.build(config, (32, 32, 3))
   batch_fn = images_data.image_batches(batch, hflip=True)
-  multi_step = jax.jit(step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, batch_fn,
+  multi_step = jax.jit(step_lib.make_multi_step(recipe.loss_fn(run), run.optimizer, batch_fn,
                                                 config.train.ema_decay), donate_argnums=0)
   runner = trainer_runner(multi_step, run.init_state(), p["steps_per_call"],
                           {"images": jax.device_put(_images())})

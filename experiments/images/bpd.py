@@ -29,11 +29,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from fm import experiment
 from fm import config as config_lib
 from fm import likelihood
 from fm.evaluate import image_metrics, reference, runner
-from fm.train import loop
-from fm.train import run as run_lib
+from fm import recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,7 +47,7 @@ def _config(args):
   overrides |= {"train.steps": args.steps, "train.batch_size": 128, "train.steps_per_call": 100,
                "train.log_every": 500, "train.checkpoint_every": args.steps, "eval.every": 0, "eval.at_end": False}
   config = config_lib.apply_overrides(config, [(k, str(v)) for k, v in overrides.items()])
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -57,12 +57,12 @@ def probe_spread(workdir: str, num: int, tol: float, draws: int) -> dict:
   Written on fm.likelihood.log_prob directly, not through bits_per_dim, so the dequantised
   points stay fixed while only the probes change.
   """
-  run, params, _ = run_lib.load(workdir)
+  run, params, _ = recipe.load(workdir)
   images, _ = image_metrics.held_out(reference.load_kwargs(run.config.data.to_dict()), num, 0)
   d = images[0].size
   u = np.random.default_rng(1).uniform(size=images.shape).astype(np.float32)
   y = 2.0 * (images.astype(np.float32) + u) / 256.0 - 1.0
-  v = run_lib.velocity(run.model, params)
+  v = recipe.velocity(run.model, params)
 
   def bpd(divergence, key):
     logp, _ = likelihood.log_prob(v, y, key=key, divergence=divergence, rtol=tol, atol=tol)
@@ -89,12 +89,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.from_workdir:
     args.workdir = args.from_workdir
-    config = run_lib.load_config(args.workdir)
+    config = recipe.read_config(args.workdir)
     train_s = None
   else:
     config = _config(args)
     t0 = time.time()
-    loop.train(config, args.workdir)
+    experiment.train(config, args.workdir)
     train_s = time.time() - t0
   rows = []
   for tol in (float(t) for t in args.tols.split(",")):

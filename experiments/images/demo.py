@@ -23,9 +23,10 @@ import time
 
 import numpy as np
 
+from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm.evaluate import images as images_eval
-from fm.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("icfm", "otcfm")
@@ -43,7 +44,7 @@ def _config(args, method):
                       "train.log_every": 10, "train.checkpoint_every": 20, "eval.every": 0,
                       "eval.num_samples": 16, "data.limit": 256})
   config = config_lib.apply_overrides(config, [(k, str(v)) for k, v in overrides.items()])
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -79,9 +80,9 @@ def main(argv=None):
     print(f"== {method}: {config.model.name} on {config.data.path or config.data.dataset} "
           f"({config.data.image_size or 'full'} px), {config.train.steps} steps, batch "
           f"{config.train.batch_size}, seed {config.seed}", flush=True)
-    loop.prepare(config, workdir)
+    experiment.prepare(config, workdir)
     t0 = time.time()
-    loop.train(config, workdir)
+    experiment.train(config, workdir)
     train_time = time.time() - t0
     result = images_eval.evaluate_workdir(workdir)
     result["train_seconds"] = train_time

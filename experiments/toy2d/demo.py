@@ -22,11 +22,12 @@ import time
 
 import numpy as np
 
+from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm import evaluate
 from fm.data import toys
 from fm.evaluate import plots
-from fm.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("icfm", "rf", "otcfm", "sbcfm")
@@ -41,7 +42,7 @@ def _config(args, **overrides):
                  "train.checkpoint_every": args.steps // 2, "train.log_every": 250})
   base.update(overrides)
   config = config_lib.apply_overrides(config, [(k, str(v)) for k, v in base.items()])
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -69,7 +70,7 @@ def main(argv=None):
     config = _config(args, **overrides)
     print(f"== {name}: {config.method} on {config.data.task}, {config.train.steps} steps, "
           f"batch {config.train.batch_size}, seed {config.seed}", flush=True)
-    loop.prepare(config, workdir)
+    experiment.prepare(config, workdir)
     eval_path = os.path.join(workdir, "eval.json")
     done = False
     if os.path.exists(eval_path):
@@ -79,7 +80,7 @@ def main(argv=None):
       with open(eval_path) as f:
         results[name] = json.load(f)
     else:
-      loop.train(config, workdir)
+      experiment.train(config, workdir)
       results[name] = evaluate.evaluate_workdir(workdir)
 
   config = _config(args)

@@ -28,7 +28,7 @@ import numpy as np
 
 from fm.data import toys
 from fm.evaluate import plots, runner, toy
-from fm.train import run as run_lib
+from fm import recipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("icfm", "rf", "otcfm", "sbcfm", "2-rf")
@@ -68,7 +68,7 @@ def main(argv=None):
     assert not skipped, skipped
     rows, _, _ = runner.sweep(workdir, SWEEP, runner.Options(metrics=("w2",), progress=False))
     nll[name], curves[name] = rec, rows
-    config = config or run_lib.load_config(workdir)
+    config = config or recipe.read_config(workdir)
     print(f"{name}: NLL {rec['value']:.3f} ± {rec['nll_sem']:.3f} (NFE {rec['nfe']}), "
           f"W2 by Euler steps {[round(r['w2'], 3) for r in rows]} in {time.time() - t0:.0f} s", flush=True)
   if not nll:

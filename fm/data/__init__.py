@@ -61,7 +61,7 @@ def example_shape(name: str, **options: Any) -> tuple[int, ...] | None:
   """The shape of one example without loading the data, where a module can tell cheaply (else None).
 
   A module may define `example_shape(**options)`; models are checked against it
-  before the data is loaded (`fm.train.loop.load_source`).
+  before the data is loaded (`fm.recipe.load_data`).
   """
   module = _module(name)
   return module.example_shape(**options) if hasattr(module, "example_shape") else None

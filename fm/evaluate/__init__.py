@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from fm import recipe
 from fm.evaluate import plots, sampling, toy
 from fm.evaluate.sampling import generate
 from fm.evaluate.toy import evaluate, trajectories
@@ -18,8 +19,7 @@ __all__ = ["plots", "sampling", "toy", "evaluate", "evaluate_workdir", "generate
 
 def kind(workdir: str) -> str:
   """"points" or "images": the kind of data a run was trained on."""
-  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  return run_lib.read_source_info(workdir)["kind"]
+  return recipe.read_source_info(workdir)["kind"]
 
 
 def evaluate_workdir(workdir: str) -> dict:
@@ -35,9 +35,8 @@ def evaluate_workdir(workdir: str) -> dict:
     result = images.evaluate_workdir(workdir)
   else:
     result = toy.evaluate_workdir(workdir)
-  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
   from fm import provenance  # pylint: disable=g-import-not-at-top
-  result["eval_settings"] = run_lib.load_config(workdir).eval.to_dict()
+  result["eval_settings"] = recipe.read_config(workdir).eval.to_dict()
   result["provenance"] = provenance.record()
   warnings = []
   if not result.get("dopri5_success", True):
@@ -52,7 +51,6 @@ def evaluate_workdir(workdir: str) -> dict:
 
 def up_to_date(workdir: str, step: int) -> dict | None:
   """eval.json's content if it is of checkpoint `step` with the run's current eval settings, else None."""
-  from fm.train import run as run_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "eval.json")
   if not os.path.isfile(path):
     return None
@@ -61,7 +59,7 @@ def up_to_date(workdir: str, step: int) -> dict | None:
       result = json.load(f)
   except (OSError, ValueError):
     return None
-  if result.get("step") != step or result.get("eval_settings") != run_lib.load_config(workdir).eval.to_dict():
+  if result.get("step") != step or result.get("eval_settings") != recipe.read_config(workdir).eval.to_dict():
     return None
   return result
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from fm import likelihood, solvers
 from fm.evaluate import fid, sampling
-from fm.train import run as run_lib
+from fm import recipe
 
 __all__ = ["missing_weights", "frechet_of_samples", "fid_of_run", "held_out", "bpd_of_run"]
 
@@ -43,7 +43,7 @@ def frechet_of_samples(samples: np.ndarray, inception: dict, mu: np.ndarray, sig
   return fid.frechet_distance(m, s, mu, sigma)
 
 
-def fid_of_run(run: run_lib.Run, params, sample_x0, inception: dict, mu: np.ndarray, sigma: np.ndarray,
+def fid_of_run(run: recipe.Run, params, sample_x0, inception: dict, mu: np.ndarray, sigma: np.ndarray,
                *, num: int, seed: int, solver: str, rtol: float, atol: float, steps: int | None,
                batch_size: int = 256, fid_batch_size: int = 50, progress: bool = True) -> dict[str, Any]:
   """FID of `num` generated images; returns `value`, NFE (mean per batch and total) and settings."""
@@ -94,13 +94,13 @@ def held_out(kwargs: Mapping[str, Any], num: int, seed: int) -> tuple[np.ndarray
 @functools.partial(jax.jit, static_argnames=("model", "divergence", "num_probes", "solver", "rtol", "atol",
                                              "steps"))
 def _bpd_batch(model, params, images, key, divergence, num_probes, solver, rtol, atol, steps):
-  v = run_lib.velocity(model, params)
+  v = recipe.velocity(model, params)
   bpd, info = likelihood.bits_per_dim(v, images, key=key, divergence=divergence, num_probes=num_probes,
                                       solver=solver, rtol=rtol, atol=atol, steps=steps)
   return bpd, info["nfe"], info["success"]
 
 
-def bpd_of_run(run: run_lib.Run, params, images: np.ndarray, *, seed: int, divergence: str,
+def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, divergence: str,
                num_probes: int = 1, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                steps: int | None = None, batch_size: int = 64) -> dict[str, Any]:
   """Mean bits/dim of uint8 `images` `[N, H, W, C]` with its standard error, NFE and settings.

@@ -11,10 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from fm import data as data_lib
 from fm import provenance
 from fm.evaluate import sampling
-from fm.train import partitioning, run as run_lib
+from fm import recipe
+from fm.train import partitioning
 from fm.train import workdir as workdir_lib
 
 __all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
@@ -60,9 +60,8 @@ def grid_noise_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 0x6121D)
 
 
-def _x0_sampler(workdir: str, run: run_lib.Run):
-  name, options = data_lib.split_options(run_lib.load_config(workdir).data.to_dict())
-  return data_lib.x0_sampler(name, run.shape, **options)
+def _x0_sampler(workdir: str, run: recipe.Run):
+  return recipe.x0_sampler(recipe.read_config(workdir), run.shape)
 
 
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64, seed: int = 0,
@@ -75,7 +74,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
   `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
   `success` (False if any dopri5 batch hit its step limit).
   """
-  run, params, step = run_lib.load(workdir, step)
+  run, params, step = recipe.load(workdir, step)
   samples, info = sampling.sample(
       run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
       solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
@@ -107,7 +106,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
 class GridEvaluator:
   """During training: a fixed-noise sample grid (Euler, EMA params) as PNG and to TensorBoard."""
 
-  def __init__(self, run: run_lib.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
+  def __init__(self, run: recipe.Run, sample_x0, workdir: str, num: int = 64, steps: int = 20,
                seed: int = 0):
     self.run, self.workdir, self.steps = run, workdir, steps
     self.x0 = np.asarray(sampling.initial_points(sample_x0, grid_noise_key(seed), 0, num))
@@ -135,14 +134,14 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
   `workdir/samples/eval_<step>.npz` with the grid beside it.
   """
   import json  # pylint: disable=g-import-not-at-top
-  config = run_lib.load_config(workdir)
+  config = recipe.read_config(workdir)
   ec = config.eval
-  step = run_lib.check_workdir(workdir)
+  step = recipe.check_run(workdir)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   out = os.path.join(workdir, "samples", f"eval_{step:08d}.npz")
   info = sample_workdir(workdir, out, "dopri5", num=ec.num_samples, seed=ec.seed, rtol=ec.rtol,
                         atol=ec.atol, batch_size=ec.get("batch_size", 256), progress=False)
-  result = {"step": step, "method": config.method, "data": run_lib.read_source_info(workdir)["description"],
+  result = {"step": step, "method": config.method, "data": recipe.read_source_info(workdir)["description"],
             "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
             "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
             "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}

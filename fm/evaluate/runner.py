@@ -27,7 +27,7 @@ from typing import Any
 
 from fm import likelihood, solvers
 from fm.evaluate import fid, image_metrics, nfe_sweep, records, reference, toy
-from fm.train import run as run_lib
+from fm import recipe
 
 __all__ = ["METRICS", "SWEEPABLE", "Options", "check", "Evaluator", "evaluate", "sweep"]
 
@@ -105,8 +105,8 @@ class Evaluator:
 
   def __init__(self, workdir: str, opts: Options):
     self.workdir, self.opts = workdir, opts
-    self.run, self.params, self.step = run_lib.load(workdir, opts.step)
-    info = run_lib.read_source_info(workdir)
+    self.run, self.params, self.step = recipe.load(workdir, opts.step)
+    info = recipe.read_source_info(workdir)
     self.kind = info["kind"]
     ec = self.run.config.eval
     self.seed = ec.seed if opts.seed is None else opts.seed
@@ -165,9 +165,7 @@ class Evaluator:
     ode = dict(solver=solver, rtol=rtol, atol=atol, steps=steps)
     start = time.time()
     if metric == "fid":
-      from fm import data as data_lib  # pylint: disable=g-import-not-at-top
-      name, options = data_lib.split_options(self.run.config.data.to_dict())
-      sample_x0 = data_lib.x0_sampler(name, self.run.shape, **options)
+      sample_x0 = recipe.x0_sampler(self.run.config, self.run.shape)
       extra = self._fid["info"]
       result = image_metrics.fid_of_run(
           self.run, self.params, sample_x0, self._fid["params"], self._fid["mu"], self._fid["sigma"],
@@ -195,7 +193,7 @@ class Evaluator:
 
 def evaluate(workdir: str, opts: Options) -> tuple[list[dict[str, Any]], dict[str, str]]:
   """Computes the chosen metrics and appends each to `eval.jsonl`; returns `(records, skipped)`."""
-  metrics = check(run_lib.read_source_info(workdir)["kind"], opts)
+  metrics = check(recipe.read_source_info(workdir)["kind"], opts)
   ev = Evaluator(workdir, opts)
   out = []
   for m in metrics:
@@ -210,7 +208,7 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
   """Metrics at each point of `spec` ("euler:1,2,5"); appends every record to `eval.jsonl` and writes
   `nfe_sweep_<solver>.{md,csv,png}`. Returns `(rows, paths, skipped)`; no paths if nothing could run.
   """
-  kind = run_lib.read_source_info(workdir)["kind"]
+  kind = recipe.read_source_info(workdir)["kind"]
   metrics = check(kind, opts, spec)
   solver, values = nfe_sweep.parse(spec)
   ev = Evaluator(workdir, opts)

@@ -20,7 +20,8 @@ import numpy as np
 import tqdm
 
 from fm import solvers
-from fm.train import partitioning, run as run_lib
+from fm import recipe
+from fm.train import partitioning
 
 __all__ = ["generate", "sample", "batch_size_for", "initial_points", "to_uint8"]
 
@@ -40,7 +41,7 @@ def generate(model, params, x0, solver="dopri5", rtol=1e-5, atol=1e-5, steps=Non
       kwargs["max_steps"] = max_steps
   else:
     kwargs = {"steps": steps, "save_trajectory": save_trajectory}
-  return solvers.integrate(run_lib.velocity(model, params), x0, solver=solver, **kwargs)
+  return solvers.integrate(recipe.velocity(model, params), x0, solver=solver, **kwargs)
 
 
 def initial_points(sample_x0: Callable, key: jax.Array, start: int, count: int) -> jax.Array:

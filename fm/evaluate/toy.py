@@ -30,7 +30,8 @@ import numpy as np
 from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
-from fm.train import partitioning, run as run_lib
+from fm import recipe
+from fm.train import partitioning
 from fm.train import workdir as workdir_lib
 
 _w2 = jax.jit(metrics.w2)
@@ -126,7 +127,7 @@ def nll_unavailable(task: str) -> str | None:
 @functools.partial(jax.jit, static_argnames=("model", "source", "divergence", "num_probes", "solver", "rtol",
                                              "atol", "steps"))
 def _log_prob(model, params, y, key, source, divergence, num_probes, solver, rtol, atol, steps):
-  v = run_lib.velocity(model, params)
+  v = recipe.velocity(model, params)
   logp, info = likelihood.log_prob(v, y, key=key, divergence=divergence, num_probes=num_probes,
                                    solver=solver, rtol=rtol, atol=atol, steps=steps,
                                    log_p0=lambda x: toys.log_prob(source, x))
@@ -159,7 +160,7 @@ def nll(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver
 
 def evaluate_workdir(workdir: str) -> dict:
   """Evaluates the latest checkpoint of a run; writes and returns `eval.json`'s content."""
-  run, params, step = run_lib.load(workdir)
+  run, params, step = recipe.load(workdir)
   ec = run.config.eval
   result = {"step": step, "method": run.config.method, "task": run.config.data.task,
             "seed": run.config.seed, "num_samples": ec.num_samples, "rtol": ec.rtol, "atol": ec.atol,
@@ -183,7 +184,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   """
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
   del unused
-  run, params, step = run_lib.load(workdir, step)
+  run, params, step = recipe.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
   x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
   x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps,
@@ -214,7 +215,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
 
 def trajectories(workdir: str, num: int = 256, steps: int = 100, seed: int = 0) -> np.ndarray:
   """Euler trajectories `[steps + 1, num, 2]` of a run, for figures."""
-  run, params, _ = run_lib.load(workdir)
+  run, params, _ = recipe.load(workdir)
   source, _ = toys.parse_task(run.config.data.task)
   x0 = np.asarray(toys.sample(source, eval_keys(seed)[0], num))
   _, info = generate(run.model, params, _sharded(x0, params), "euler", steps=steps, save_trajectory=True)

@@ -43,9 +43,10 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
   UNet, state dicts that do not fit the config's UNet, or a non-empty workdir.
   """
   from fm.models import unet  # pylint: disable=g-import-not-at-top
-  from fm.train import checkpoint, run as run_lib  # pylint: disable=g-import-not-at-top
+  from fm import recipe  # pylint: disable=g-import-not-at-top
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
   from fm.data.base import Source  # pylint: disable=g-import-not-at-top
-  config_lib.validate(config)
+  config = recipe.resolve(config)
   if config.model.name != "unet":
     raise config_lib.ConfigError(f"TorchCFM checkpoints hold an ADM UNet, but config model.name is "
                                  f"{config.model.name!r}; use configs/cifar10.py")
@@ -61,7 +62,7 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
     raise config_lib.ConfigError(f"cannot import {path!r}: {e}") from e
   step = int(obj.get("step", 0)) if isinstance(obj, dict) else 0
 
-  run = run_lib.build(config, image_shape)
+  run = recipe.build(config, image_shape)
   try:
     params = unet.from_torch(run.model, sds["net_model"], image_shape=image_shape)
     ema = unet.from_torch(run.model, sds["ema_model"], image_shape=image_shape)
@@ -72,7 +73,7 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
   params, ema = as_jnp(params), as_jnp(ema)
   state = state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema,
                         opt_state=run.optimizer.init(params))
-  config = config_lib.apply_overrides(config, [("train.steps", str(max(step, 1)))])
+  config.train.steps = max(step, 1)
 
   # Atomic: everything is written to a hidden temporary workdir beside the target, which is renamed
   # into place when complete; a failed import removes it, and a killed one leaves no workdir behind.
@@ -86,7 +87,7 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
     sha = _sha256(path)
-    run_lib.write_source_info(tmp, Source(
+    recipe.write_source_info(tmp, Source(
         name="images", shape=tuple(image_shape), batch_fn=None, data=None, sample_x0=None, kind="images",
         description=f"imported TorchCFM checkpoint {os.path.basename(path)} (sha256 {sha[:16]}); "
                     f"trained by TorchCFM on its CIFAR-10 data"))

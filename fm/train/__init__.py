@@ -1,5 +1,7 @@
 """Training: state, jitted multi-step, orbax checkpoints, the loop, reflow pairs, the workdir.
 
+`fm.experiment.train_and_evaluate` assembles a run (`fm.recipe`) and calls the loop.
+
 Submodules and names are imported on first use, so validating a config does
 not import orbax or the loop.
 """
@@ -7,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["checkpoint", "loop", "reflow", "run", "state", "step", "workdir", "Preempted", "TrainingError",
-           "TrainState", "prepare", "train", "train_and_evaluate"]
+__all__ = ["checkpoint", "loop", "partitioning", "reflow", "state", "step", "workdir", "Preempted",
+           "TrainingError", "TrainState"]
 
-_NAMES = {"Preempted": "loop", "TrainingError": "loop", "prepare": "loop", "train": "loop",
-          "train_and_evaluate": "loop", "TrainState": "state"}
+_NAMES = {"Preempted": "loop", "TrainingError": "loop", "TrainState": "state"}
 
 
 def __getattr__(name: str):

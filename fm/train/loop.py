@@ -1,4 +1,9 @@
-"""`train_and_evaluate(config, workdir)`: the one training loop for every method.
+"""`train(config, workdir, run, loss_fn, source, mesh)`: the one training loop for every method.
+
+The loop is handed what it trains (`fm.experiment` assembles it with
+`fm.recipe` and holds the workdir lock): a resolved config, the built run and
+its loss, the data source, the mesh and a factory of its periodic evaluators;
+it imports neither the recipe nor the evaluators.
 
 Per dispatch the host runs a jitted, state-donating `multi_step` of up to
 `train.steps_per_call` steps; chunks end on log and checkpoint steps. Metrics of
@@ -36,12 +41,11 @@ import tqdm
 from fm import config as config_lib
 from fm import data as data_lib
 from fm import provenance
-from fm.data import pairs as pairs_lib
-from fm.train import checkpoint, partitioning, reflow, run as run_lib, step as step_lib, tensorboard
+from fm.train import checkpoint, partitioning, reflow, step as step_lib, tensorboard
 from fm.train import state as state_lib
 from fm.train import workdir as workdir_lib
 
-__all__ = ["train_and_evaluate", "train", "prepare", "load_source", "TrainingError", "Preempted"]
+__all__ = ["train", "prepare", "TrainingError", "Preempted"]
 
 log = logging.getLogger("fm")
 
@@ -60,20 +64,15 @@ class Preempted(Exception):
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """Validates the config and its fit with an existing workdir; writes nothing.
+  """Checks a resolved config's (`fm.recipe.resolve`) fit with an existing workdir; writes nothing.
 
-  On resume only `workdir_lib.RESUMABLE` settings may differ from config.json,
-  train.steps may not drop below the latest checkpoint nor change the schedule
-  of the steps taken, and the reflow teacher is needed only until its pairs are stored.
+  On resume only `workdir_lib.RESUMABLE` settings may differ from config.json
+  (an old-shape config.json is compared in the new shape), train.steps may not
+  drop below the latest checkpoint nor change the schedule of the steps taken,
+  and the reflow teacher is needed only until its pairs are stored.
   `data.path` may change when the data there is the run's data (same content
   sha256 as in source.json); data whose content changed is refused.
   """
-  return _prepare(config, workdir)[0]
-
-
-def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, tuple]:
-  """`prepare`, also returning the keys allowed to change on this resume beyond `RESUMABLE`."""
-  config_lib.validate(config)
   workdir_lib.check_path(workdir)
   saved = _saved_config(workdir)
   latest = checkpoint.latest_step(workdir) if os.path.isdir(workdir) else None
@@ -89,7 +88,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collec
     reflow.check_teacher(config.reflow.teacher, config.data)
   if partitioning.jax_process_count() == 1:
     workdir_lib.check_free(workdir)   # before the data is loaded; `lock` decides, after it
-  return config, allowed
+  return config
 
 
 def _check_data_identity(saved: dict, new: dict, workdir: str) -> tuple:
@@ -99,8 +98,8 @@ def _check_data_identity(saved: dict, new: dict, workdir: str) -> tuple:
   listing), compared with the one source.json holds.
   """
   before = None
-  if os.path.isfile(os.path.join(workdir, run_lib.SOURCE_FILE)):
-    info = run_lib.read_source_info(workdir)
+  if os.path.isfile(os.path.join(workdir, workdir_lib.SOURCE_FILE)):
+    info = workdir_lib.read_source_info(workdir)
     before = info.get("sha256")
     if before is None:   # a run from before source.json held it: its description names it
       found = re.search(r"(?:listing_)?sha256=([0-9a-f]{64})", info.get("description", ""))
@@ -125,14 +124,10 @@ def _check_data_identity(saved: dict, new: dict, workdir: str) -> tuple:
 
 
 def _saved_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  """config.json in the canonical shape, or None if there is none."""
+  if not os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise config_lib.ConfigError(f"{path} cannot be read ({e}); restore it or use a new workdir") from e
+  return config_lib.to_dict(workdir_lib.read_config(workdir))
 
 
 def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
@@ -162,40 +157,7 @@ def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
 
 
-def train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains to `config.train.steps` (resuming from the workdir); returns the final `TrainState`."""
-  config, allowed = _prepare(config, workdir)
-  source = load_source(config)
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.lock(workdir):
-    return _train(config, workdir, source, allowed)[0]
-
-
-def load_source(config: ml_collections.ConfigDict):
-  """The config's data `Source`, checked against the model (shape); ConfigError (one sentence) if either
-  does not fit. The model is checked from one decoded example before the data is loaded, and again
-  after; all of it runs before the workdir is created or locked, so bad data leaves nothing behind."""
-  from fm import models  # pylint: disable=g-import-not-at-top
-  name, options = data_lib.split_options(config_lib.to_dict(config.data))
-  model = models.make(config.model.name, **run_lib.model_kwargs(config))
-
-  def check(shape):
-    try:
-      models.check_shape(model, shape)
-    except ValueError as e:
-      raise config_lib.ConfigError(f"bad config 'model' for data of shape {list(shape)}: {e}") from e
-  try:
-    shape = data_lib.example_shape(name, **options)
-    if shape is not None:
-      check(shape)
-    source = data_lib.make(name, config.train.batch_size, **options)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"bad data ({name}): {e}") from e
-  check(source.shape)
-  return source
-
-
-def _start(config, workdir: str, abstract, teacher_step, allowed=()) -> tuple[object, int]:
+def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
   """Restores the newest readable checkpoint (or None at step 0); then writes config.json and history.
 
   Nothing in the workdir is written before the state is in hand, so a run that
@@ -214,6 +176,7 @@ def _start(config, workdir: str, abstract, teacher_step, allowed=()) -> tuple[ob
   start = start or 0
   saved = _saved_config(workdir)
   new = config_lib.to_dict(config)
+  allowed = _check_data_identity(saved, new, workdir) if saved is not None else ()
   changes = workdir_lib.resume_changes(saved, new, workdir, allowed) if saved is not None else {}
   finished = saved is not None and start >= config.train.steps
   if finished:
@@ -243,43 +206,37 @@ class _NonFinite(Exception):
     self.step = step
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, source, allowed=()):
-  """`train` inside the workdir lock, on the loaded `source`; returns `(state, start step)`."""
+def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source, mesh, *,
+          make_evaluators=None, teacher_step: int | None = None):
+  """Trains to `config.train.steps`, resuming from the workdir; returns `(state, start step)`.
+
+  Called with the workdir lock held (`workdir_lib.lock`) and a resolved config
+  that passed `prepare`. `run` (`fm.recipe.Run`) and `loss_fn(params, key, x0, x1)`
+  are built for `source.shape` on `mesh`. `make_evaluators()` (called once the
+  run is known to go on, so a finished run's workdir is left as it is) gives the
+  evaluators called every `eval.every` steps as `f(step, ema_params, writer) -> dict`.
+  """
   tc = config.train
-  teacher_step = None
-  if config.reflow.teacher:
-    pairs = reflow.load_or_make_pairs(
-        workdir, config.reflow.teacher, source.sample_x0, config.reflow.num_pairs, config.seed,
-        solver=config.reflow.solver, rtol=config.reflow.rtol, atol=config.reflow.atol,
-        steps=config.reflow.steps)
-    teacher_step = pairs["teacher_step"]
-    at = f" (checkpoint {teacher_step})" if teacher_step is not None else ""
-    source = pairs_lib.source(source, pairs, tc.batch_size,
-                              f"reflow pairs from teacher {config.reflow.teacher}{at} on {source.description}")
-  # Data parallelism (fm.train.partitioning): batch sharded over every device, state replicated.
-  mesh = partitioning.make_mesh()
-  run = run_lib.build(config, source.shape, mesh=mesh)
   data_sharding = partitioning.batch_sharding(mesh) if mesh.size > 1 else None
 
   lr_schedule = state_lib.make_schedule(tc.lr, tc.steps, tc.schedule, tc.warmup_steps)
   multi_step = jax.jit(
-      step_lib.make_multi_step(run_lib.loss_fn(run), run.optimizer, source.batch_fn, tc.ema_decay,
+      step_lib.make_multi_step(loss_fn, run.optimizer, source.batch_fn, tc.ema_decay,
                                data_sharding),
       donate_argnums=0)
   abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
-  state, start = _start(config, workdir, abstract, teacher_step, allowed)
+  state, start = _start(config, workdir, abstract, teacher_step)
   if start >= tc.steps:
     return state, start
   if state is None:
     state = partitioning.init_replicated(run.init_state, mesh)
   if partitioning.is_writer():
-    run_lib.write_source_info(workdir, source)
+    workdir_lib.write_source_info(workdir, source)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   data = None if source.data is None else partitioning.replicate(source.data, mesh)
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   workdir_lib.trim_metrics(workdir, start)
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
-  evaluators = evaluate.periodic(run, source, config, workdir)
+  evaluators = list(make_evaluators()) if make_evaluators is not None else []
   eval_every = config.eval.get("every", 0) if evaluators else 0
   writer = tensorboard.Writer(workdir, enabled=config.train.get("tensorboard", True))
 
@@ -395,28 +352,3 @@ def _stop_non_finite(workdir: str, ckpt, state, failed_at: int) -> TrainingError
       f"state is saved as checkpoint {good} in {workdir}; to continue from it re-run with a lower "
       f"--config.train.lr or a --config.train.grad_clip > 0 (both may change on resume and the change "
       f"is recorded in {workdir_lib.HISTORY_FILE})")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains, then (if `config.eval.at_end`) evaluates the EMA model into `eval.json`.
-
-  A finished run whose eval.json is of its last step and current eval settings
-  is not evaluated again (`fm eval` does that); its eval.json is returned.
-  """
-  config, allowed = _prepare(config, workdir)
-  source = load_source(config)
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.lock(workdir):
-    state, start = _train(config, workdir, source, allowed)
-    if not config.eval.get("at_end", True):
-      return state
-    from fm import evaluate  # pylint: disable=g-import-not-at-top
-    if start >= config.train.steps:
-      previous = evaluate.up_to_date(workdir, int(jax.device_get(state.step)))
-      if previous is not None:
-        log.info("%s: eval.json is up to date (fm eval evaluates again)", workdir)
-        return previous
-    result = evaluate.evaluate_workdir(workdir)
-    for warning in result.get("warnings", []):
-      log.warning("warning: %s", warning)
-    return result

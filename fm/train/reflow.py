@@ -20,7 +20,8 @@ import numpy as np
 
 from fm import provenance, solvers
 from fm import config as config_lib
-from fm.train import partitioning, run as run_lib
+from fm.train import partitioning
+from fm.train import workdir as workdir_lib
 
 __all__ = ["PAIRS_FILE", "check_teacher", "make_pairs", "load_or_make_pairs", "has_pairs"]
 
@@ -32,10 +33,10 @@ _CHUNK_IMAGES = 256     # ... and for images (network activations dominate)
 def check_teacher(teacher: str, data) -> None:
   """ConfigError unless `teacher` is a finished rectified-flow (`rf`) run on the same data (`config.data`)."""
   try:
-    step = run_lib.check_workdir(teacher)
+    step = workdir_lib.check_run(teacher)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"bad value {teacher!r} for config key 'reflow.teacher': {e}") from e
-  teacher_config = run_lib.load_config(teacher)
+  teacher_config = workdir_lib.read_config(teacher)
   if teacher_config.method != "rf":
     raise config_lib.ConfigError(
         f"reflow teacher {teacher!r} is a {teacher_config.method!r} run, not a rectified flow; reflow "
@@ -58,16 +59,16 @@ def has_pairs(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, PAIRS_FILE))
 
 
-def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: str = "dopri5",
+def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, load_teacher, solver: str = "dopri5",
                rtol: float = 1e-5, atol: float = 1e-5, steps: int = 100) -> dict[str, np.ndarray]:
   """`{"z0": [N, *shape], "z1": [N, *shape], "nfe": [chunks], "teacher", "teacher_step"}` from the
-  teacher's latest EMA checkpoint."""
-  run, params, teacher_step = run_lib.load(teacher)
+  teacher's latest EMA checkpoint; `load_teacher(workdir) -> (run, ema_params, step)` (`fm.recipe.load`)."""
+  run, params, teacher_step = load_teacher(teacher)
   kwargs = {"rtol": rtol, "atol": atol} if solver in solvers.ADAPTIVE else {"steps": steps}
 
   @jax.jit
   def push(params, z0):
-    z1, info = solvers.integrate(run_lib.velocity(run.model, params), z0, solver=solver, **kwargs)
+    z1, info = solvers.integrate(run.velocity(params), z0, solver=solver, **kwargs)
     return z1, info["nfe"]
 
   z0 = np.asarray(sample_x0(key, num_pairs))
@@ -84,7 +85,7 @@ def make_pairs(teacher: str, sample_x0, num_pairs: int, key: jax.Array, solver: 
           **provenance.npz_fields()}
 
 
-def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, seed: int,
+def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, seed: int, load_teacher,
                        **solver_kwargs) -> dict[str, jax.Array]:
   """Loads `workdir/reflow_pairs.npz`, or generates and stores it first (the teacher is only read then).
 
@@ -94,7 +95,7 @@ def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, se
   path = os.path.join(workdir, PAIRS_FILE)
   if not os.path.exists(path):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EF10)
-    pairs = make_pairs(teacher, sample_x0, num_pairs, key, **solver_kwargs)
+    pairs = make_pairs(teacher, sample_x0, num_pairs, key, load_teacher, **solver_kwargs)
     if not partitioning.is_writer():  # every process made the same pairs; process 0 stores them
       return {"z0": jnp.asarray(pairs["z0"]), "z1": jnp.asarray(pairs["z1"])}
     tmp = path + ".tmp.npz"

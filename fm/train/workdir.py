@@ -1,9 +1,11 @@
-"""A run's directory: path checks, the lock, what may change on resume, history and metrics files.
+"""A run's directory: path checks, the lock, what may change on resume, config, source, history and metrics.
 
-Layout of a workdir (besides `checkpoints/`, `source.json` and results):
+Layout of a workdir (besides `checkpoints/` and results):
 
   .lock           held (`fcntl.flock`) by the one `fm train` working in it (its process 0)
-  config.json     the run's config as of the latest start
+  config.json     the run's config as of the latest start (canonical: `fm.config.canonical`;
+                  one of the old shape is mapped to the new one when read)
+  source.json     the training data's example shape, kind, provenance and content sha256
   history.jsonl   one line per start / resume / stop: step, time, provenance and
                   every setting that changed on resume (`{"key": [old, new]}`)
   metrics.jsonl   one row per log step; a line cut off by a kill is dropped on resume
@@ -29,11 +31,14 @@ from fm import config as config_lib
 
 __all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir", "check_run",
            "resume_changes", "check_steps", "check_free", "lock", "append_history", "read_history", "read_metrics",
-           "trim_metrics", "write_json_atomic"]
+           "trim_metrics", "write_json_atomic", "read_config", "read_source_info", "write_source_info",
+           "CONFIG_FILE", "SOURCE_FILE"]
 
 LOCK_FILE = ".lock"
 HISTORY_FILE = "history.jsonl"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+SOURCE_FILE = "source.json"
 
 # Dotted keys (or "prefix." for a whole section) that may change when a run resumes.
 RESUMABLE = ("train.steps", "train.lr", "train.grad_clip", "train.log_every", "train.checkpoint_every",
@@ -340,3 +345,35 @@ def write_json_atomic(path: str, obj: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def read_config(workdir: str):
+  """The run's config.json as a canonical `ConfigDict` (an old-shape file mapped to the new shape)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise config_lib.ConfigError(f"{path} cannot be read ({e}); restore it or use a new workdir") from e
+  return config_lib.from_dict(config_lib.canonical(saved))
+
+
+def write_source_info(workdir: str, source) -> None:
+  """Records the training data's shape, kind, provenance and identity in `workdir/source.json`.
+
+  `sha256` is the content key of the data (`fm.data.identity`), by which a
+  resumed run recognises its data at another path; `skipped` and `converted`
+  are what loading it skipped or converted (`fm.data.folder`).
+  """
+  write_json_atomic(os.path.join(workdir, SOURCE_FILE),
+                    {"name": source.name, "shape": list(source.shape), "kind": source.kind,
+                     "description": source.description, **source.info})
+
+
+def read_source_info(workdir: str) -> dict[str, Any]:
+  """`source.json` of a run (a 2D toy run from before it existed: shape [2], kind points)."""
+  path = os.path.join(workdir, SOURCE_FILE)
+  if not os.path.isfile(path):
+    return {"name": "toy", "shape": [2], "kind": "points", "description": "fm.data.toys (generated)"}
+  with open(path) as f:
+    return json.load(f)

@@ -17,6 +17,7 @@ import pytest
 
 import fm
 from fm import config as config_lib
+from fm import recipe
 from fm.couplings import base, host, host_auction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,7 +93,7 @@ def test_scope_is_validated():
   config = config_lib.load(os.path.join(ROOT, "configs", "toy2d.py"))
   config = config_lib.apply_overrides(config, [("coupling.scope", "everywhere")])
   with pytest.raises(config_lib.ConfigError, match="everywhere"):
-    config_lib.validate(config)
+    recipe.resolve(config)
 
 
 def test_host_call_numpy_in_numpy_out_and_vmap():

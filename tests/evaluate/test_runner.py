@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fm import experiment
 from fm import cli, likelihood
 from fm import config as config_lib
 from fm import evaluate
 from fm.data import images as images_lib
 from fm.evaluate import fid, image_metrics, records, reference, runner
-from fm.train import loop
-from fm.train import run as run_lib
+from fm import recipe
 from train.helpers import ROOT
 
 
@@ -49,7 +49,7 @@ def _config(folder, **overrides):
           "eval.every": "0", "train.warmup_steps": "0", "eval.batch_size": "4"}
   base.update(overrides)
   config = config_lib.apply_overrides(config, list(base.items()))
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -70,7 +70,7 @@ def image_run(tmp_path_factory, cache):
   root = tmp_path_factory.mktemp("img")
   folder = _folder(str(root / "data"))
   workdir = str(root / "run")
-  loop.train(_config(folder), workdir)
+  experiment.train(_config(folder), workdir)
   mp.undo()
   return workdir, folder
 
@@ -147,9 +147,9 @@ def test_bpd_end_to_end(image_run):
   held, _ = image_metrics.held_out({"path": folder, "split": "train"}, 5, 2)
   test_all, _ = images_lib.load(path=folder, split="test")
   assert len(held) == 5 and all(any((h == t).all() for t in test_all) for h in held)
-  run, params, _ = run_lib.load(workdir)
+  run, params, _ = recipe.load(workdir)
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(2), 0xB9D), 0)
-  bpd, _ = likelihood.bits_per_dim(run_lib.velocity(run.model, params), held, key=key, solver="euler", steps=3)
+  bpd, _ = likelihood.bits_per_dim(recipe.velocity(run.model, params), held, key=key, solver="euler", steps=3)
   assert b["value"] == pytest.approx(float(np.mean(np.asarray(bpd, np.float64))), rel=1e-5)
 
 

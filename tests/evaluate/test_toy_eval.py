@@ -14,7 +14,7 @@ import pytest
 from fm import cli, likelihood
 from fm.data import toys
 from fm.evaluate import records, runner, toy
-from fm.train import run as run_lib
+from fm import recipe
 from train.helpers import tiny_config, trained_run  # noqa: F401
 
 
@@ -31,7 +31,7 @@ def eight_gaussians_log_density(x):
 def test_nll_of_zero_velocity_is_the_source_density():
   """v = 0 (all-zero MLP parameters): the flow is the identity, so log p1 = log p0, in closed form."""
   from scipy import stats
-  run = run_lib.build(tiny_config(), (2,))
+  run = recipe.build(tiny_config(), (2,))
   params = jax.tree_util.tree_map(jnp.zeros_like, run.init_state().ema_params)
   got = toy.nll(run.model, params, "8gaussians->moons", num_samples=64, seed=3)
   y = np.asarray(toys.sample("moons", toy.eval_keys(3)[1], 64), np.float64)
@@ -53,10 +53,10 @@ def test_eval_toy_run(trained_run, capsys):  # noqa: F811
   with open(os.path.join(trained_run, "eval.json")) as f:
     end = json.load(f)
   assert w2["metric"] == "w2" and w2["value"] == pytest.approx(end["w2"], rel=1e-6) and w2["nfe"] == end["nfe"]
-  run, params, _ = run_lib.load(trained_run)
+  run, params, _ = recipe.load(trained_run)
   ec = run.config.eval
   y = toys.sample("moons", toy.eval_keys(ec.seed)[1], ec.num_samples)
-  logp, _ = likelihood.log_prob(run_lib.velocity(run.model, params), y, rtol=ec.rtol, atol=ec.atol,
+  logp, _ = likelihood.log_prob(recipe.velocity(run.model, params), y, rtol=ec.rtol, atol=ec.atol,
                                 log_p0=eight_gaussians_log_density)
   assert nll["value"] == pytest.approx(-float(np.mean(np.asarray(logp, np.float64))), rel=1e-4)
   assert nll["divergence"] == "exact" and nll["source_density"] == "8gaussians" and nll["num_samples"] == 64
@@ -85,7 +85,7 @@ def test_toy_nfe_sweep(trained_run, capsys):  # noqa: F811
     assert os.path.getsize(os.path.join(trained_run, f"nfe_sweep_{solver}.png")) > 1000
     assert "| W2 |" in out
   # The sweep's W2 at Euler 4 is the W2 of `w2` at that setting.
-  run, params, _ = run_lib.load(trained_run)
+  run, params, _ = recipe.load(trained_run)
   direct = toy.w2_at(run.model, params, run.config.data.task, 32, run.config.eval.seed, "euler", steps=4)
   rec = [r for r in records.read(trained_run) if r.get("sweep") == "euler:1,2,4"][-1]
   assert rec["value"] == pytest.approx(direct["value"], rel=1e-6) and rec["num_samples"] == 32

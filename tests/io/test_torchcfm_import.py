@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fm import cli
-from fm.train import run as run_lib
+from fm import recipe
 from train.helpers import ROOT
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -26,7 +26,7 @@ def test_import_reproduces_torchcfm_and_samples(tmp_path, capsys):
   workdir = str(tmp_path / "imported")
   assert _import(workdir) == 0
   assert "step 1234" in capsys.readouterr().out
-  run, ema, step = run_lib.load(workdir)
+  run, ema, step = recipe.load(workdir)
   assert step == 1234 and run.shape == (8, 8, 3)
   with np.load(os.path.join(FIXTURES, "torchcfm_ckpt_tiny.npz")) as f:
     v = run.model.apply(ema, f["t"], f["x"])
@@ -69,4 +69,4 @@ def test_interrupted_import_leaves_no_workdir(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
   capsys.readouterr()
   assert _import(workdir) == 0 and sorted(os.listdir(tmp_path)) == ["imported"]
-  assert run_lib.load(workdir)[2] == 1234
+  assert recipe.load(workdir)[2] == 1234

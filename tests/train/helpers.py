@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from fm import experiment
 from fm import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,18 +55,19 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
   """One finished tiny otcfm run (40 steps) shared by sampling/CLI tests."""
-  from fm import train
+
   workdir = str(tmp_path_factory.mktemp("runs") / "ot")
-  train.train_and_evaluate(tiny_config(method="otcfm"), workdir)
+  experiment.train_and_evaluate(tiny_config(method="otcfm"), workdir)
   return workdir
 
 
 def restore_state(workdir, config):
   """The latest checkpointed `TrainState` of a run."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fm.train import checkpoint, run as run_lib  # pylint: disable=g-import-not-at-top
+  from fm import recipe
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(workdir)
-  shape = run_lib.read_source_info(workdir)["shape"]
-  state = ckpt.restore(jax.eval_shape(run_lib.build(config, shape).init_state))
+  shape = recipe.read_source_info(workdir)["shape"]
+  state = ckpt.restore(jax.eval_shape(recipe.build(config, shape).init_state))
   ckpt.close()
   return state

@@ -45,12 +45,12 @@ def _sample(workdir, outdir, num=NUM_SAMPLES):
 
 def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
-  from fm import train  # pylint: disable=g-import-not-at-top
+  from fm import experiment  # pylint: disable=g-import-not-at-top
   for task in argv:
     command, workdir, rest = task.split("=", 2)
     if command == "train":
       kw = dict(item.split(":", 1) for item in rest.split(",") if item)
-      train.train_and_evaluate(_config(kw), workdir)
+      experiment.train_and_evaluate(_config(kw), workdir)
       _sample(workdir, workdir)
     elif command == "sample":
       _sample(workdir, rest)

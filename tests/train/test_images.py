@@ -7,9 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fm import experiment
 from fm import config as config_lib
+from fm import recipe
 from fm import evaluate
-from fm.train import loop
 from train.helpers import ROOT, restore_state
 
 
@@ -34,7 +35,7 @@ def _config(folder, model=None, **overrides):
           "eval.every": "10", "eval.num_samples": "8", "eval.grid_steps": "2", "train.warmup_steps": "0"}
   base.update(overrides)
   config = config_lib.apply_overrides(config, list(base.items()))
-  config_lib.validate(config)
+  recipe.resolve(config)
   return config
 
 
@@ -46,7 +47,7 @@ def folder(tmp_path, monkeypatch):
 
 def test_image_run_end_to_end(folder, tmp_path):
   workdir = str(tmp_path / "run")
-  result = loop.train_and_evaluate(_config(folder), workdir)
+  result = experiment.train_and_evaluate(_config(folder), workdir)
   assert result["step"] == 20 and result["nfe"] > 0 and result["dopri5_success"]
   with open(os.path.join(workdir, "source.json")) as f:
     source = json.load(f)
@@ -78,9 +79,9 @@ def test_image_run_end_to_end(folder, tmp_path):
 
 def test_image_run_resumes_bitwise(folder, tmp_path):
   ref, parts = str(tmp_path / "ref"), str(tmp_path / "parts")
-  loop.train(_config(folder, **{"train.steps": "20"}), ref)
-  loop.train(_config(folder, **{"train.steps": "10"}), parts)
-  loop.train(_config(folder, **{"train.steps": "20"}), parts)
+  experiment.train(_config(folder, **{"train.steps": "20"}), ref)
+  experiment.train(_config(folder, **{"train.steps": "10"}), parts)
+  experiment.train(_config(folder, **{"train.steps": "20"}), parts)
   a = restore_state(ref, _config(folder))
   b = restore_state(parts, _config(folder))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -95,7 +96,7 @@ def test_moved_data_resumes_and_damaged_images_are_recorded(folder, tmp_path):
   with open(os.path.join(folder, "b", "broken.png"), "wb") as f:
     f.write(b"\x89PNG\r\n\x1a\n cut short")
   workdir = str(tmp_path / "run")
-  loop.train(_config(folder, **{"train.steps": "10"}), workdir)
+  experiment.train(_config(folder, **{"train.steps": "10"}), workdir)
   with open(os.path.join(workdir, "source.json")) as f:
     source = json.load(f)
   from fm.data import folder as folder_lib
@@ -104,7 +105,7 @@ def test_moved_data_resumes_and_damaged_images_are_recorded(folder, tmp_path):
   assert source["num_images"] == 24 + 1
   moved = str(tmp_path / "moved")
   os.rename(folder, moved)
-  loop.train(_config(moved, **{"train.steps": "20"}), workdir)
+  experiment.train(_config(moved, **{"train.steps": "20"}), workdir)
   with open(os.path.join(workdir, "history.jsonl")) as f:
     history = [json.loads(line) for line in f]
   assert history[-1]["event"] == "resume" and history[-1]["changes"]["data.path"] == [folder, moved]
@@ -112,7 +113,7 @@ def test_moved_data_resumes_and_damaged_images_are_recorded(folder, tmp_path):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(moved, "a", "new.png"))
   before = os.path.getmtime(os.path.join(workdir, "config.json"))
   with pytest.raises(config_lib.ConfigError, match="is not the data this run trained on"):
-    loop.train(_config(moved, **{"train.steps": "30"}), workdir)
+    experiment.train(_config(moved, **{"train.steps": "30"}), workdir)
   assert os.path.getmtime(os.path.join(workdir, "config.json")) == before
 
 
@@ -125,5 +126,5 @@ def test_model_checked_against_the_data_before_decoding_it(folder, tmp_path, mon
   config = _config(folder, model={"name": "unet", "num_channels": 32, "channel_mult": (1, 2),
                                   "attention_resolutions": "64", "num_head_channels": -1})
   with pytest.raises(config_lib.ConfigError, match="attention_resolutions 64 names no level.* 8x8 are 8, 4"):
-    loop.train(config, str(tmp_path / "run"))
+    experiment.train(config, str(tmp_path / "run"))
   assert not decoded and not os.path.exists(tmp_path / "run")

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fm import experiment
 from fm import methods
 from fm.data import toys
-from fm.train import checkpoint, loop, run as run_lib, step as step_lib
+from fm import recipe
+from fm.train import checkpoint, loop, step as step_lib
 from train.helpers import restore_state, tiny_config, trained_run  # noqa: F401
 
 
@@ -31,10 +33,10 @@ def test_method_end_to_end(method, smoke_runs):   # smoke_runs: tests/conftest.p
 
 def test_resume_is_bitwise_exact(tmp_path):
   ref, parts = str(tmp_path / "ref"), str(tmp_path / "parts")
-  loop.train(tiny_config(train__steps=60), ref)
-  loop.train(tiny_config(train__steps=20), parts)
-  loop.train(tiny_config(train__steps=50), parts)   # ends off the chunk grid
-  loop.train(tiny_config(train__steps=60), parts)
+  experiment.train(tiny_config(train__steps=60), ref)
+  experiment.train(tiny_config(train__steps=20), parts)
+  experiment.train(tiny_config(train__steps=50), parts)   # ends off the chunk grid
+  experiment.train(tiny_config(train__steps=60), parts)
   a, b = restore_state(ref, tiny_config(train__steps=60)), restore_state(parts, tiny_config(train__steps=60))
   assert int(a.step) == int(b.step) == 60
   chex.assert_trees_all_equal(a, b)
@@ -43,9 +45,9 @@ def test_resume_is_bitwise_exact(tmp_path):
 def test_config_mismatch_on_resume(tmp_path):
   from fm import config as config_lib
   workdir = str(tmp_path / "run")
-  loop.train(tiny_config(train__steps=20), workdir)
+  experiment.train(tiny_config(train__steps=20), workdir)
   with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
-    loop.train(tiny_config(train__steps=20, train__batch_size=64), workdir)
+    experiment.train(tiny_config(train__steps=20, train__batch_size=64), workdir)
 
 
 def _history(workdir):
@@ -56,8 +58,8 @@ def _history(workdir):
 def test_resumable_settings_change_and_are_recorded(tmp_path):
   """lr, clipping, cadence and eval settings may change on resume; each change goes to history.jsonl."""
   workdir = str(tmp_path / "run")
-  loop.train(tiny_config(train__steps=20), workdir)
-  loop.train(tiny_config(train__steps=40, train__lr=5e-4, train__grad_clip=1.0, train__log_every=10,
+  experiment.train(tiny_config(train__steps=20), workdir)
+  experiment.train(tiny_config(train__steps=40, train__lr=5e-4, train__grad_clip=1.0, train__log_every=10,
                          eval__num_samples=32), workdir)
   events = _history(workdir)
   assert [e["event"] for e in events] == ["start", "resume"] and events[1]["step"] == 20
@@ -78,7 +80,7 @@ def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkey
   import optax
   from fm.train import state as state_lib
   workdir = str(tmp_path / "run")
-  params = run_lib.build(tiny_config()).init_state().params
+  params = recipe.build(tiny_config()).init_state().params
   limit = max(float(jnp.max(jnp.abs(p))) for p in jax.tree_util.tree_leaves(params)) + 0.5
   real = state_lib.make_optimizer
 
@@ -93,9 +95,9 @@ def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkey
       return jax.tree_util.tree_map(lambda u: u * jnp.where(big > limit, jnp.inf, 1.0), updates), state
     return optax.GradientTransformation(opt.init, update)
   monkeypatch.setattr(state_lib, "make_optimizer", fragile)
-  loop.train(tiny_config(train__steps=20), workdir)
+  experiment.train(tiny_config(train__steps=20), workdir)
   with pytest.raises(loop.TrainingError) as e:
-    loop.train(tiny_config(train__steps=60, train__lr=0.3), workdir)
+    experiment.train(tiny_config(train__steps=60, train__lr=0.3), workdir)
   message = str(e.value)
   saved = checkpoint.latest_step(workdir)
   assert 20 < saved < 60 and f"at step {saved + 1}" in message and f"checkpoint {saved}" in message
@@ -107,7 +109,7 @@ def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkey
                                    "saved_step": saved}
   # The recovery the message names: a lower learning rate, accepted on resume and recorded.
   with caplog.at_level(logging.INFO, logger="fm"):
-    loop.train(tiny_config(train__steps=60, train__lr=1e-4), workdir)
+    experiment.train(tiny_config(train__steps=60, train__lr=1e-4), workdir)
   assert checkpoint.latest_step(workdir) == 60
   assert f"resuming from step {saved}" in caplog.text
   assert _history(workdir)[-1]["changes"] == {"train.lr": [0.3, 1e-4]}
@@ -116,10 +118,10 @@ def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkey
 def test_truncated_metrics_line_survives_resume(tmp_path):
   """A kill mid-write leaves half a line in metrics.jsonl; resume drops it and goes on."""
   workdir = str(tmp_path / "run")
-  loop.train(tiny_config(train__steps=20), workdir)
+  experiment.train(tiny_config(train__steps=20), workdir)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"step": 40, "loss": 0.5, "grad_no')
-  loop.train(tiny_config(train__steps=40), workdir)
+  experiment.train(tiny_config(train__steps=40), workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(l) for l in f]
   assert [r["step"] for r in rows] == [20, 40]
@@ -130,7 +132,7 @@ def test_corrupted_latest_checkpoint_falls_back_and_says_so(tmp_path, caplog):
   import logging
   import shutil
   ref = str(tmp_path / "ref")
-  loop.train(tiny_config(), ref)
+  experiment.train(tiny_config(), ref)
   workdir = str(tmp_path / "run")
   shutil.copytree(ref, workdir)
   for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "40")):
@@ -138,7 +140,7 @@ def test_corrupted_latest_checkpoint_falls_back_and_says_so(tmp_path, caplog):
       if os.path.basename(root) == "d":
         open(os.path.join(root, name), "w").close()
   with caplog.at_level(logging.INFO, logger="fm"):
-    loop.train(tiny_config(), workdir)
+    experiment.train(tiny_config(), workdir)
   assert "checkpoint 40 cannot be read" in caplog.text and "resuming from checkpoint 20" in caplog.text
   assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "40"))
   assert checkpoint.all_steps(workdir) == [20, 40]
@@ -150,22 +152,22 @@ def test_finished_run_is_not_retrained_or_reevaluated(tmp_path, caplog):
   import logging
   workdir = str(tmp_path / "run")
   from train.helpers import snapshot
-  first = loop.train_and_evaluate(tiny_config(), workdir)
+  first = experiment.train_and_evaluate(tiny_config(), workdir)
   before = snapshot(workdir)
   with caplog.at_level(logging.INFO, logger="fm"):
-    again = loop.train_and_evaluate(tiny_config(), workdir)
+    again = experiment.train_and_evaluate(tiny_config(), workdir)
   assert again == first
   assert {k: v for k, v in snapshot(workdir).items() if k != ".lock"} == {
       k: v for k, v in before.items() if k != ".lock"}   # no file rewritten
   assert "already finished at step 40" in caplog.text and "eval.json is up to date" in caplog.text
   # New eval settings: evaluated again (and the change is recorded).
-  third = loop.train_and_evaluate(tiny_config(eval__num_samples=32), workdir)
+  third = experiment.train_and_evaluate(tiny_config(eval__num_samples=32), workdir)
   assert third["num_samples"] == 32 and _history(workdir)[-1]["changes"] == {"eval.num_samples": [64, 32]}
 
 
 def test_multi_step_compiles_once():
   config = tiny_config()
-  run = run_lib.build(config)
+  run = recipe.build(config)
 
   def loss_fn(params, key, x0, x1):
     return run.method.loss(run.model.apply, params, key, x0, x1)
@@ -186,25 +188,25 @@ def test_reflow(tmp_path):
   from fm import config as config_lib
   from fm.train import reflow
   teacher = str(tmp_path / "rf1")
-  loop.train(tiny_config(method="rf", train__steps=20), teacher)
+  experiment.train(tiny_config(method="rf", train__steps=20), teacher)
   student = str(tmp_path / "rf2")
   config = tiny_config(method="rf", train__steps=20, reflow__teacher=teacher, reflow__solver="rk4",
                        reflow__steps=8)
-  result = loop.train_and_evaluate(config, student)
+  result = experiment.train_and_evaluate(config, student)
   assert np.isfinite(result["w2"])
   with np.load(os.path.join(student, reflow.PAIRS_FILE)) as f:
     assert f["z0"].shape == f["z1"].shape == (256, 2)
     assert int(f["teacher_step"]) == 20 and str(f["teacher"]) == os.path.abspath(teacher)
   assert _history(student)[0]["teacher_step"] == 20
   with pytest.raises(config_lib.ConfigError, match="reflow.teacher"):
-    loop.prepare(tiny_config(method="rf", reflow__teacher=str(tmp_path / "nope")), str(tmp_path / "x"))
+    experiment.prepare(tiny_config(method="rf", reflow__teacher=str(tmp_path / "nope")), str(tmp_path / "x"))
   assert not os.path.exists(tmp_path / "x")
   # The pairs are stored: the student resumes without its teacher.
   import shutil
   shutil.rmtree(teacher)
   config = tiny_config(method="rf", train__steps=40, reflow__teacher=teacher, reflow__solver="rk4",
                        reflow__steps=8)
-  loop.train(config, student)
+  experiment.train(config, student)
   assert checkpoint.latest_step(student) == 40 and _history(student)[-1]["teacher_step"] == 20
 
 
@@ -214,7 +216,7 @@ def test_unconverged_coupling_is_counted_and_warned(tmp_path, caplog):
   workdir = str(tmp_path / "sb")
   config = tiny_config(method="sbcfm", coupling__max_iterations=1, coupling__threshold=1e-9)
   with caplog.at_level(logging.WARNING, logger="fm"):
-    loop.train(config, workdir)
+    experiment.train(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(l) for l in f]
   assert [r["coupling_unconverged"] for r in rows] == [20, 20]
@@ -223,13 +225,13 @@ def test_unconverged_coupling_is_counted_and_warned(tmp_path, caplog):
   assert len(warned) == 2 and "20 of 20 batches" in warned[0] and "coupling.max_iterations" in warned[0]
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger="fm"):   # converged: counted as 0, no warning
-    loop.train(tiny_config(method="sbcfm", train__steps=20), str(tmp_path / "ok"))
+    experiment.train(tiny_config(method="sbcfm", train__steps=20), str(tmp_path / "ok"))
   assert not [r for r in caplog.records if "did not converge" in r.getMessage()]
 
 
 def test_checkpoint_rotated_away_while_read_takes_the_newest(tmp_path, monkeypatch, trained_run):  # noqa: F811
   """`fm sample` / `fm eval` beside a running `fm train`: the latest checkpoint is rotated away (a newer
-  one saved, the old one deleted) between listing and reading. `run_lib.load` re-lists and reads the
+  one saved, the old one deleted) between listing and reading. `recipe.load` re-lists and reads the
   newest; an explicitly asked step that vanished is one sentence."""
   import shutil  # pylint: disable=g-import-not-at-top
   from fm import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -245,19 +247,19 @@ def test_checkpoint_rotated_away_while_read_takes_the_newest(tmp_path, monkeypat
     calls.append(step)
     return real(self, abstract, step)
   monkeypatch.setattr(checkpoint.Checkpointer, "restore", rotating)
-  _, _, step = run_lib.load(workdir)
+  _, _, step = recipe.load(workdir)
   assert step == 60 and calls == [40, 60]
   calls.clear()
   os.rename(os.path.join(ckpts, "60"), os.path.join(ckpts, "40"))
   with pytest.raises(config_lib.ConfigError, match="checkpoint 40 .* was removed while it was read"):
-    run_lib.load(workdir, step=40)
+    recipe.load(workdir, step=40)
 
 
 def test_progress_lines_have_precision_and_time_to_go(tmp_path, caplog):
   """Redirected output gets a line per log step: steps/s to three significant digits (not `0 steps/s` on
   a slow CPU) and the time left to train.steps."""
   with caplog.at_level("INFO", logger="fm"):
-    loop.train(tiny_config(method="icfm"), str(tmp_path / "run"))
+    experiment.train(tiny_config(method="icfm"), str(tmp_path / "run"))
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
   assert len(lines) == 2 and all("steps/s, about " in line and "to step 40" in line for line in lines), lines
   assert loop._duration(0.4) == "0 s" and loop._duration(600) == "10 min" and loop._duration(4 * 3600) == "4.0 h"

@@ -54,9 +54,10 @@ def _train(workdir: str, **kw) -> str:
 def _state(workdir: str):
   """The latest checkpointed TrainState of a run, as NumPy, restored onto this process's devices."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fm.train import checkpoint, partitioning, run as run_lib  # pylint: disable=g-import-not-at-top
-  config = run_lib.load_config(workdir)
-  run = run_lib.build(config, run_lib.read_source_info(workdir)["shape"])
+  from fm import recipe
+  from fm.train import checkpoint, partitioning  # pylint: disable=g-import-not-at-top
+  config = recipe.read_config(workdir)
+  run = recipe.build(config, recipe.read_source_info(workdir)["shape"])
   abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), partitioning.make_mesh())
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   state = ckpt.restore(abstract)

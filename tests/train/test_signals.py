@@ -12,8 +12,9 @@ import subprocess
 import chex
 import pytest
 
+from fm import experiment
 from fm import cli
-from fm.train import checkpoint, loop, tensorboard
+from fm.train import checkpoint, tensorboard
 from train.helpers import CONFIG, PYTHON, cli_args, restore_state, subprocess_env, tiny_config
 
 SMOKE = CONFIG + ":smoke"
@@ -51,7 +52,7 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path):
   assert cli.main(_train_argv(killed, **LONG)) == 0
   reference = str(tmp_path / "reference")
   config = tiny_config(**LONG)
-  loop.train(config, reference)
+  experiment.train(config, reference)
   a, b = restore_state(reference, config), restore_state(killed, config)
   assert int(a.step) == int(b.step) == 600
   chex.assert_trees_all_equal(a, b)

@@ -3,15 +3,16 @@ import jax
 import numpy as np
 
 from fm.data import toys
-from fm.train import run as run_lib, state as state_lib, step as step_lib
+from fm import recipe
+from fm.train import state as state_lib, step as step_lib
 from train.helpers import tiny_config
 
 
 def test_params_overflow_with_finite_gradients_is_not_applied():
   """lr = 1e39 is inf in float32: the first update overflows the parameters while loss and grads are finite."""
-  run = run_lib.build(tiny_config())
+  run = recipe.build(tiny_config())
   optimizer = state_lib.make_optimizer(1e39, 100, "adam")
-  loss_fn = run_lib.loss_fn(run)
+  loss_fn = recipe.loss_fn(run)
   source = toys.make_source(16, "gaussian->moons")
   fn = jax.jit(step_lib.make_multi_step(loss_fn, optimizer, source.batch_fn, 0.99))
   state = state_lib.create(lambda k: run.model.init(k, np.zeros((1,)), np.zeros((1, 2))), optimizer, 0)
