@@ -189,6 +189,8 @@ def load_data(config: ml_collections.ConfigDict):
     if shape is not None:
       check(shape)
     source = data.make(name, config.train.batch_size, **options)
+  except UserError:
+    raise
   except ValueError as e:
     raise UserError(f"bad data ({name}): {e}") from e
   check(source.shape)

@@ -77,6 +77,12 @@ def to_uint8(x):
   return jnp.round(jnp.clip((x + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
 
 
+def _check_downscale(h: int, w: int, size: int) -> None:
+  if size <= 0 or h % size or w % size or h // size != w // size:
+    raise ValueError(f"image_size={size} needs square images whose side it divides, but these "
+                     f"are {h}x{w} (HxW); use a divisor of the side or no image_size")
+
+
 def downscale(arr: np.ndarray, size: int) -> np.ndarray:
   """Box-filter `[N, H, W, C]` uint8 down to `[N, size, size, C]`.
 
@@ -84,9 +90,7 @@ def downscale(arr: np.ndarray, size: int) -> np.ndarray:
   be a whole number), rounded half up in integer arithmetic.
   """
   n, h, w, c = arr.shape
-  if size <= 0 or h % size or w % size or h // size != w // size:
-    raise ValueError(f"image_size={size} needs square images whose side it divides, but these "
-                     f"are {h}x{w} (HxW); use a divisor of the side or no image_size")
+  _check_downscale(h, w, size)
   f = h // size
   if f == 1:
     return arr
@@ -389,6 +393,7 @@ def example_shape(**options) -> tuple[int, ...] | None:
   shape = folder.first_shape(kwargs["path"])
   if shape is None or kwargs["image_size"] is None:
     return shape
+  _check_downscale(shape[0], shape[1], kwargs["image_size"])
   return (kwargs["image_size"], kwargs["image_size"], shape[2])
 
 
