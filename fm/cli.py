@@ -164,6 +164,12 @@ def _eval(args, overrides):
     names = runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  if args.step is not None:   # before the note below: a bad step is the one line printed
+    from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
+    steps = checkpoint.all_steps(args.workdir)
+    if args.step not in steps:
+      raise UsageError(f"workdir {args.workdir!r} has no checkpoint at step {args.step}; "
+                       f"saved steps: {', '.join(map(str, steps))}")
   if "bpd" in names and args.bpd_num is None:
     import dataclasses  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
