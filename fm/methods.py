@@ -76,7 +76,8 @@ class Method:
       coupling's info, e.g. `cost_before`, `cost_after`).
     """
     k_couple, k_t, k_eps = jax.random.split(key, 3)
-    x0, x1, info = self.coupling(k_couple, x0, x1)
+    i0, i1, info = self.coupling(k_couple, x0, x1)
+    x0, x1 = couplings.apply(i0, i1, x0, x1)
     t = self.time_sampler(k_t, x0.shape[0], x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t, u_t = self.path.interpolate(x0, x1, t, eps)

@@ -123,6 +123,9 @@ def resolve(config) -> ml_collections.ConfigDict:
   _choice("model.name", f["model.name"], models.NAMES)
   _component("model", lambda: models.make(config.model.name, **model_kwargs(config)))
   compose(d)
+  if d["coupling"].get("condition") == "within_class" and not (d["model"].get("num_classes") or 0) > 0:
+    raise UserError("config key 'coupling.condition'='within_class' pairs x0 with x1 inside x1's classes, so it "
+                    "needs a conditional run (model.num_classes > 0); use 'none' for an unconditional run")
   tc = config.train
   _component("train", lambda: state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay))

@@ -85,6 +85,10 @@ def test_section_keys_from_the_command_line_are_literals():
     ([("path.name", "curved")], "'path.name'; valid choices: linear, sb"),
     ([("method", "rf"), ("sigma", "0.1")], "'path.sigma' .*method 'rf' has sigma = 0"),
     ([("path.sigma", "-1")], "'path.sigma': must be a number >= 0"),
+    ([("coupling.name", "partial"), ("coupling.mass", "1.5")], r"mass=1.5 must be a number in \(0, 1\]"),
+    ([("coupling.name", "unbalanced"), ("coupling.reg_m", "0")], r"reg_m=0(\.0)? must be a finite number > 0"),
+    ([("coupling.condition", "across")], "unknown coupling condition 'across'; valid: none, within_class"),
+    ([("coupling.name", "sinkhorn"), ("coupling.condition", "within_class")], r"needs a conditional run"),
 ])
 def test_an_option_the_component_does_not_take_is_one_sentence(overrides, match):
   with pytest.raises(errors.UserError, match=match) as e:

@@ -2,7 +2,8 @@
 
     plan = fm.couplings.plan(x0, x1, method="exact")        # [n, m], sums to 1
     couple = fm.couplings.make("sinkhorn", relative=0.05)
-    x0p, x1p, info = couple(key, x0, x1)
+    i0, i1, info = couple(key, x0, x1)                      # [B] int32 each
+    x0, x1 = fm.couplings.apply(i0, i1, x0, x1)             # any pytrees: (x1, labels), ...
 
 Cost: squared Euclidean distance between flattened samples `[B, *shape]`.
 """
@@ -11,16 +12,19 @@ from typing import Any, Callable, Dict
 
 import jax
 
-from fm.couplings import base, exact, scope, sinkhorn
+from fm.couplings import base, condition, exact, partial, scope, sinkhorn, unbalanced
 from fm.couplings.auction import auction
-from fm.couplings.base import Independent, pair_cost, sqdist
+from fm.couplings.condition import CONDITIONS, WithinClass
+from fm.couplings.base import Independent, apply, gather, pair_cost, sqdist
 from fm.couplings.exact import Exact, assignment, assignment_points, exact_plan
+from fm.couplings.partial import Partial
 from fm.couplings.scope import SCOPES, Scoped
 from fm.couplings.sinkhorn import SB, Sinkhorn
+from fm.couplings.unbalanced import Unbalanced
 
 __all__ = [
-    "NAMES", "SCOPES", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Scoped",
-    "assignment", "assignment_points", "exact_plan", "auction", "sqdist", "pair_cost",
+    "NAMES", "SCOPES", "CONDITIONS", "WithinClass", "make", "plan", "Independent", "Exact", "Sinkhorn", "SB", "Unbalanced", "Partial", "Scoped",
+    "assignment", "assignment_points", "exact_plan", "auction", "sqdist", "pair_cost", "apply", "gather",
 ]
 
 _REGISTRY: Dict[str, Callable[..., Any]] = {
@@ -28,22 +32,28 @@ _REGISTRY: Dict[str, Callable[..., Any]] = {
     "exact": Exact,
     "sinkhorn": Sinkhorn,
     "sb": SB,
+    "unbalanced": Unbalanced,
+    "partial": Partial,
 }
 NAMES = tuple(_REGISTRY)
 
 
-def make(name: str, scope: str = "global", mesh=None, **kwargs: Any):
-  """Build a coupling `couple(key, x0, x1) -> (x0p, x1p, info)` by name.
+def make(name: str, scope: str = "global", mesh=None, condition: str = "none", **kwargs: Any):
+  """Build a coupling `couple(key, x0, x1, y1=None) -> (i0, i1, info)` by name (apply with `apply`).
 
   `scope` ("global" or "local", see `fm.couplings.scope`) says how a batch
   sharded over the data axis of `mesh` is paired; without a mesh the batch is
-  one shard and both scopes are the plain coupling.
+  one shard and both scopes are the plain coupling. `condition` ("none" or
+  "within_class", see `fm.couplings.condition`): with "within_class" the
+  labels `y1` of x1 are required and pairs never cross classes.
 
   Raises:
     ValueError: unknown `name`, scope or keyword (the message lists valid choices).
   """
   if scope not in SCOPES:
     raise ValueError(f"unknown coupling scope {scope!r}; valid: {', '.join(SCOPES)}")
+  if condition not in CONDITIONS:
+    raise ValueError(f"unknown coupling condition {condition!r}; valid: {', '.join(CONDITIONS)}")
   if name not in _REGISTRY:
     raise ValueError(f"unknown coupling {name!r}; valid choices: {NAMES}")
   cls = _REGISTRY[name]
@@ -53,8 +63,11 @@ def make(name: str, scope: str = "global", mesh=None, **kwargs: Any):
   bad = [k for k in kwargs if k not in valid]
   if bad:
     raise ValueError(
-        f"unknown argument(s) {bad} for coupling {name!r}; valid: {valid}")
+        f"unknown argument(s) {bad} for coupling {name!r}; valid: {valid} (and for every coupling: scope, "
+        f"condition)")
   coupling = cls(**kwargs)
+  if condition == "within_class":
+    coupling = WithinClass(coupling)
   if mesh is None or name == "independent":
     return coupling
   return Scoped(coupling, mesh, scope)
@@ -64,6 +77,7 @@ def plan(x0: jax.Array, x1: jax.Array, method: str = "exact", **kwargs: Any) -> 
   """Dense coupling plan `[n, m]` (sums to 1) for `method` in `NAMES`.
 
   `kwargs` as in `make` (e.g. `epsilon=0.5` for "sinkhorn", `solver=` for
-  "exact", `sigma=` for "sb").
+  "exact", `sigma=` for "sb", `reg_m=` for "unbalanced", `mass=` for "partial").
+  The unbalanced plan's mass is not 1.
   """
   return make(method, **kwargs).plan(x0, x1)

@@ -155,11 +155,11 @@ def _plan_info(cost: jax.Array, solver: str, max_rounds: int | None = None) -> t
 
 
 @dataclasses.dataclass(frozen=True)
-class Exact:
+class Exact(base.Coupling):
   """Exact minibatch OT coupling.
 
-  Equal batch sizes: x0 kept in order, `x1p = x1[perm]` with the optimal
-  permutation (no duplicates). Unequal sizes: for each x0[i] a partner is
+  Equal batch sizes: x0 kept in order (`i0 = arange(n)`), `i1 = perm` the
+  optimal permutation (no duplicates). Unequal sizes: for each x0[i] a partner is
   drawn from the row of the exact plan.
 
   Attributes:
@@ -180,15 +180,28 @@ class Exact:
   def plan(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
     return exact_plan(x0, x1, self.solver)
 
-  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
-    """Re-paired `(x0, x1p, info)`; `info["converged"]` is False if the JAX auction hit its limit."""
+  def pairs(self, key: jax.Array, x0: jax.Array, x1: jax.Array, allowed: jax.Array | None = None):
+    """`(i0, i1, info)`: `i0 = arange(n)`, `i1` `[n]` the optimal partners (a permutation when n = m).
+
+    `allowed` `[n, n]` (n = m only): the optimum among the permutations that use
+    only allowed pairs, when one exists (e.g. square blocks); the other entries
+    get a cost above `n x (max - min)` of the cost, more than any reassignment
+    can save. `info["converged"]` is False if the JAX auction hit its limit.
+    """
     n, m = x0.shape[0], x1.shape[0]
-    if n == m and _resolve(self.solver) in _HOST_POINTS:
+    if allowed is not None:
+      if n != m:
+        raise ValueError(f"exact OT with a pair mask needs equal batch sizes, got {n} and {m}")
+      cost = base.sqdist(x0, x1)
+      lo, hi = jnp.min(cost), jnp.max(cost)
+      perm, converged = assignment_info(base.forbid(cost, allowed, hi + n * (hi - lo) + 1.0), self.solver,
+                                        self.max_rounds)
+    elif n == m and _resolve(self.solver) in _HOST_POINTS:
       perm, converged = assignment_points(x0, x1, self.solver), jnp.asarray(True)
     elif n == m:
       perm, converged = assignment_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
     else:
       p, converged = _plan_info(base.sqdist(x0, x1), self.solver, self.max_rounds)
       perm = base.sample_rows(key, jnp.log(p))
-    x1p = x1[perm]
-    return x0, x1p, base._info(x0, x1, x0, x1p, converged=converged)
+    i0 = jnp.arange(n, dtype=jnp.int32)
+    return i0, perm, base._info(x0, x1, i0, perm, converged=converged)

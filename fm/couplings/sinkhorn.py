@@ -35,6 +35,7 @@ def solve(
     relative: Optional[float] = None,
     threshold: float = 1e-3,
     max_iterations: int = 1000,
+    allowed: Optional[jax.Array] = None,
 ) -> Tuple[jax.Array, dict]:
   """Log-domain Sinkhorn between uniform empirical measures.
 
@@ -44,6 +45,10 @@ def solve(
     relative: if `epsilon` is None, `epsilon = relative * std(cost)`.
     threshold: marginal-error stopping threshold (ott `threshold`).
     max_iterations: iteration cap (ott `max_iterations`).
+    allowed: `[n, m]` bool or None: pairs outside it cost `max(cost) + 100
+      epsilon` (a kernel below e^-100 times any allowed entry's) in the solve,
+      and the returned plan is exactly 0 on them; epsilon is computed from the
+      whole cost either way.
 
   Returns:
     `log_plan` `[n, m]` (`plan = exp(log_plan)`, sums to ~1) and a dict with
@@ -57,6 +62,7 @@ def solve(
   if not jnp.issubdtype(cost.dtype, jnp.floating):
     cost = cost.astype(jnp.float32)
   eps = resolve_epsilon(cost, epsilon, relative)
+  cost = base.forbid(cost, allowed, jnp.max(cost) + 100.0 * eps)
   geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
   solver = ott_sinkhorn.Sinkhorn(
       lse_mode=True, threshold=threshold, max_iterations=max_iterations,
@@ -65,6 +71,8 @@ def solve(
   f = jnp.where(jnp.isfinite(out.f), out.f, 0.0)
   g = jnp.where(jnp.isfinite(out.g), out.g, 0.0)
   log_plan = (f[:, None] + g[None, :] - cost) / eps
+  if allowed is not None:
+    log_plan = jnp.where(allowed, log_plan, -jnp.inf)
   # Renormalise in log space so the plan sums to 1 even when not converged.
   log_plan = log_plan - jax.nn.logsumexp(log_plan)
   info = {
@@ -104,7 +112,7 @@ def check_options(epsilon=None, relative=None, threshold=1e-3, max_iterations=10
 
 
 @dataclasses.dataclass(frozen=True)
-class Sinkhorn:
+class Sinkhorn(base.Coupling):
   """Entropic OT coupling; pairs are drawn from the Sinkhorn plan.
 
   Attributes:
@@ -112,10 +120,10 @@ class Sinkhorn:
     relative: `epsilon = relative * std(cost)` when `epsilon` is None
       (default `DEFAULT_RELATIVE`).
     threshold, max_iterations: Sinkhorn stopping rule.
-    replace: False (default): x0 kept in order, for each row i a partner
-      `j ~ plan[i, :] / rowsum` (x1 may repeat). True: TorchCFM-style, B
-      flat pairs `(i, j) ~ plan` drawn jointly with replacement (both sides
-      resampled).
+    replace: False (default): x0 kept in order (`i0 = arange(n)`), for each
+      row i a partner `i1[i] ~ plan[i, :] / rowsum` (x1 may repeat). True:
+      TorchCFM-style, n flat pairs `(i0, i1) ~ plan` drawn jointly with
+      replacement (both sides resampled). See `base.draw`.
   """
 
   epsilon: Optional[float] = None
@@ -137,15 +145,11 @@ class Sinkhorn:
     log_plan, _ = solve(x0, x1, eps, rel, self.threshold, self.max_iterations)
     return jnp.exp(log_plan)
 
-  def __call__(self, key: jax.Array, x0: jax.Array, x1: jax.Array):
+  def pairs(self, key: jax.Array, x0: jax.Array, x1: jax.Array, allowed: Optional[jax.Array] = None):
     eps, rel = self._eps_args()
-    log_plan, info = solve(x0, x1, eps, rel, self.threshold, self.max_iterations)
-    if self.replace:
-      i, j = base.sample_joint(key, jnp.exp(log_plan), x0.shape[0])
-      x0p, x1p = x0[i], x1[j]
-    else:
-      x0p, x1p = x0, x1[base.sample_rows(key, log_plan)]
-    return x0p, x1p, base._info(x0, x1, x0p, x1p, **info)
+    log_plan, info = solve(x0, x1, eps, rel, self.threshold, self.max_iterations, allowed)
+    i0, i1 = base.draw(key, log_plan, self.replace)
+    return i0, i1, base._info(x0, x1, i0, i1, **info)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,7 +134,8 @@ def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
   """Counts the steps in `(first, last]` whose coupling solver did not converge; warns once if any."""
   count = sum(int(s["count"]) for s in stats_list)
   bad = count - int(round(sum(float(s["sums"]["converged"]) for s in stats_list)))
-  coupling = getattr(coupling, "coupling", coupling)  # a `Scoped` wrapper (fm.couplings.scope) names its inner one
+  while hasattr(coupling, "coupling"):  # wrappers (`Scoped`, `WithinClass`) name their inner coupling
+    coupling = coupling.coupling
   if bad:
     hint = ("raise coupling.max_iterations or coupling.threshold" if hasattr(coupling, "max_iterations")
             else "the JAX auction hit its round limit; try another coupling.solver")

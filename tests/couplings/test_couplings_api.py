@@ -12,7 +12,7 @@ CONFIGS = [("independent", {}), ("exact", {}), ("exact", {"solver": "auction"}),
 
 
 def test_names():
-  assert set(fm.couplings.NAMES) == {"independent", "exact", "sinkhorn", "sb"}
+  assert set(fm.couplings.NAMES) == {"independent", "exact", "sinkhorn", "sb", "unbalanced", "partial"}
 
 
 def test_unknown_name_and_kwarg():
@@ -42,7 +42,9 @@ def test_jit_traces_once_images(name, kw):
     k0, k1, k2 = jax.random.split(jax.random.PRNGKey(seed), 3)
     x0 = jax.random.normal(k0, (16, 3, 8, 8))
     x1 = jax.random.normal(k1, (16, 3, 8, 8)) + 0.3
-    x0p, x1p, info = step(k2, x0, x1)
+    i0, i1, info = step(k2, x0, x1)
+    assert i0.shape == i1.shape == (16,) and i0.dtype == i1.dtype == jnp.int32
+    x0p, x1p = fm.couplings.apply(i0, i1, x0, x1)
     assert x0p.shape == x0.shape and x1p.shape == x1.shape
     assert {"cost_before", "cost_after"} <= set(info)
     if name in ("sinkhorn", "sb"):
@@ -55,10 +57,24 @@ def test_jit_traces_once_images(name, kw):
       assert info["cost_after"] <= info["cost_before"] + 1e-5
 
 
-@pytest.mark.parametrize("method", ["independent", "exact", "sinkhorn", "sb"])
+@pytest.mark.parametrize("method", ["independent", "exact", "sinkhorn", "sb", "partial"])
 def test_plan_sums_to_one_images(method):
   x0 = jax.random.normal(jax.random.PRNGKey(0), (8, 3, 8, 8))
   x1 = jax.random.normal(jax.random.PRNGKey(1), (8, 3, 8, 8))
   p = fm.couplings.plan(x0, x1, method=method)
   assert p.shape == (8, 8)
   np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["exact", "sinkhorn", "unbalanced", "partial"])
+def test_apply_carries_any_pytree_with_its_pair(name):
+  """Labels attached to x1 follow their example through the coupling's indices."""
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (12, 2))
+  x1 = jax.random.normal(jax.random.PRNGKey(1), (12, 2)) + 1.0
+  y1 = jnp.arange(12) * 10
+  i0, i1, _ = jax.jit(fm.couplings.make(name, replace=True) if name != "exact" else fm.couplings.make(name))(
+      jax.random.PRNGKey(2), x0, x1)
+  (a0, _), (a1, b1) = fm.couplings.apply(i0, i1, (x0, jnp.zeros(12)), (x1, {"y": y1}))
+  np.testing.assert_array_equal(a0, np.asarray(x0)[np.asarray(i0)])
+  np.testing.assert_array_equal(a1, np.asarray(x1)[np.asarray(i1)])
+  np.testing.assert_array_equal(b1["y"], np.asarray(i1) * 10)

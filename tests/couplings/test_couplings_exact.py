@@ -35,8 +35,10 @@ def test_brute_force(solver, d):
       c = _np_cost(x0, x1)
       best = min(c[np.arange(n), list(p)].sum()
                  for p in itertools.permutations(range(n)))
-      x0p, x1p, info = couple(jax.random.PRNGKey(seed), x0, x1)
-      np.testing.assert_array_equal(x0p, x0)
+      i0, i1, info = couple(jax.random.PRNGKey(seed), x0, x1)
+      np.testing.assert_array_equal(i0, np.arange(n))
+      assert i1.dtype == jnp.int32 and sorted(np.asarray(i1).tolist()) == list(range(n))
+      x0p, x1p = fm.couplings.apply(i0, i1, x0, x1)
       got = _np_cost(x0p, x1p).diagonal().sum()
       np.testing.assert_allclose(got, best, rtol=1e-6)
       np.testing.assert_allclose(info["cost_after"], best / n, rtol=1e-5)
@@ -66,7 +68,8 @@ def test_hungarian_matches_scipy_n256():
 
 def test_permutation_no_duplicates():
   x0, x1 = _data(3, 128, 2)
-  x0p, x1p, info = fm.couplings.make("exact")(jax.random.PRNGKey(0), x0, x1)
+  i0, i1, info = fm.couplings.make("exact")(jax.random.PRNGKey(0), x0, x1)
+  _, x1p = fm.couplings.apply(i0, i1, x0, x1)
   rows = {tuple(v) for v in np.asarray(x1p).tolist()}
   assert len(rows) == 128 and rows == {tuple(v) for v in np.asarray(x1).tolist()}
   assert info["cost_after"] < info["cost_before"]
@@ -88,8 +91,9 @@ def test_unequal_plan_marginals_and_linprog(solver):
 
 def test_unequal_couple_and_lcm_guard():
   x0, x1 = _data(5, 6, 2, 4)
-  x0p, x1p, _ = fm.couplings.make("exact")(jax.random.PRNGKey(0), x0, x1)
-  assert x0p.shape == x0.shape and x1p.shape == (6, 2)
+  i0, i1, _ = fm.couplings.make("exact")(jax.random.PRNGKey(0), x0, x1)
+  x0p, x1p = fm.couplings.apply(i0, i1, x0, x1)
+  assert x0p.shape == x0.shape and x1p.shape == (6, 2) and int(i1.max()) < 4
   with pytest.raises(ValueError, match="lcm"):
     fm.couplings.plan(jnp.zeros((1023, 2)), jnp.zeros((1024, 2)))
 
@@ -104,7 +108,8 @@ def test_auction_round_limit_is_reported():
   """The JAX auction that hits its round limit says so in `info["converged"]` (a greedy completion)."""
   x0, x1 = _data(11, 64, 2)
   couple = fm.couplings.make("exact", solver="auction", max_rounds=2)
-  _, x1p, info = jax.jit(couple)(jax.random.PRNGKey(0), x0, x1)
+  i0, i1, info = jax.jit(couple)(jax.random.PRNGKey(0), x0, x1)
+  _, x1p = fm.couplings.apply(i0, i1, x0, x1)
   assert not bool(info["converged"])
   assert sorted(map(tuple, np.asarray(x1p).tolist())) == sorted(map(tuple, np.asarray(x1).tolist()))
   for solver in ("auction", "host_auction", "hungarian"):

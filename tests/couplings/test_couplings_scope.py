@@ -51,13 +51,17 @@ key = jax.random.PRNGKey(3)
 x0 = jax.random.normal(jax.random.PRNGKey(4), (64, 3))
 x1 = jax.random.normal(jax.random.PRNGKey(5), (64, 3)) * 2.0 + 1.0
 shards = NamedSharding(mesh, P("data"))
-for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
+for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5}), ("unbalanced", {"reg_m": 0.5}),
+                 ("partial", {"mass": 0.7, "replace": True})):
   plain = jax.jit(fm.couplings.make(name, **kw))
   scoped = jax.jit(fm.couplings.make(name, mesh=mesh, **kw))
   calls.clear()
   a0, a1, _ = plain(key, jax.device_put(x0, one), jax.device_put(x1, one))
+  a0, a1 = fm.couplings.apply(a0, a1, x0, x1)
   n_plain = len(calls)
   b0, b1, info = scoped(key, jax.device_put(x0, shards), jax.device_put(x1, shards))
+  assert b1.sharding.is_equivalent_to(shards, 1), (name, b1.sharding)
+  b0, b1 = jax.jit(fm.couplings.apply)(b0, b1, jax.device_put(x0, shards), jax.device_put(x1, shards))
   assert b1.sharding.is_equivalent_to(shards, 2), (name, b1.sharding)
   np.testing.assert_array_equal(np.asarray(a0), np.asarray(b0))
   np.testing.assert_array_equal(np.asarray(a1), np.asarray(b1))
@@ -67,14 +71,37 @@ for name, kw in (("exact", {}), ("sinkhorn", {}), ("sb", {"sigma": 0.5})):
   # 3. Local scope == the plain coupling on each shard with key fold_in(key, i).
   local = jax.jit(fm.couplings.make(name, mesh=mesh, scope="local", **kw))
   c0, c1, cinfo = local(key, jax.device_put(x0, shards), jax.device_put(x1, shards))
+  for i in range(4):   # each device paired within its own shard
+    assert (np.asarray(c0)[16 * i:16 * (i + 1)] // 16 == i).all() and (np.asarray(c1)[16 * i:16 * (i + 1)] // 16 == i).all()
+  c0, c1 = fm.couplings.apply(c0, c1, x0, x1)
   costs = []
   for i in range(4):
     s = slice(16 * i, 16 * (i + 1))
     d0, d1, dinfo = plain(jax.random.fold_in(key, i), jax.device_put(x0[s], one), jax.device_put(x1[s], one))
+    d0, d1 = fm.couplings.apply(d0, d1, x0[s], x1[s])
     np.testing.assert_array_equal(np.asarray(c0)[s], np.asarray(d0))
     np.testing.assert_array_equal(np.asarray(c1)[s], np.asarray(d1))
     costs.append(float(dinfo["cost_after"]))
   np.testing.assert_allclose(float(cinfo["cost_after"]), np.mean(costs), rtol=1e-6)
+
+# 4. condition="within_class": the labels travel with x1; global == one device, local == per shard.
+y1 = jnp.asarray(np.arange(64) % 3)
+for name, kw in (("exact", {}), ("sinkhorn", {}), ("partial", {"mass": 0.7})):
+  plain = jax.jit(fm.couplings.make(name, condition="within_class", **kw))
+  a = plain(key, jax.device_put(x0, one), jax.device_put(x1, one), jax.device_put(y1, one))
+  for scope in ("global", "local"):
+    b = jax.jit(fm.couplings.make(name, mesh=mesh, scope=scope, condition="within_class", **kw))(
+        key, jax.device_put(x0, shards), jax.device_put(x1, shards), jax.device_put(y1, shards))
+    if scope == "global":
+      np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+      np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+      continue
+    for i in range(4):
+      s = slice(16 * i, 16 * (i + 1))
+      d = plain(jax.random.fold_in(key, i), jax.device_put(x0[s], one), jax.device_put(x1[s], one),
+                jax.device_put(y1[s], one))
+      np.testing.assert_array_equal(np.asarray(b[1])[s], np.asarray(d[1]) + 16 * i)
+      np.testing.assert_array_equal(np.asarray(b[0])[s], np.asarray(d[0]) + 16 * i)
 print("OK")
 """
 
