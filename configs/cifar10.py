@@ -95,6 +95,8 @@ def get_config(variant=None):
   c.eval.rtol = 1e-5
   c.eval.atol = 1e-5
   c.eval.at_end = True
+  c.eval.metrics = "grid"     # at the end (fm.evaluate.registry): "grid,fid" adds FID
+  c.eval.fid_num = 50_000     # generated images per FID (at the end and fm eval's default)
 
   c.reflow = ml_collections.ConfigDict()
   c.reflow.teacher = ""

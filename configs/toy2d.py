@@ -74,6 +74,7 @@ def get_config(variant=None):
   c.eval.atol = 1e-5
   c.eval.euler_steps = 100    # fixed-step W2 and the path-energy trajectory
   c.eval.at_end = True        # fm train finishes with fm eval (workdir/eval.json)
+  c.eval.metrics = "w2,path_energy"   # computed at the end (fm.evaluate.registry; fm eval --metrics for more)
 
   c.reflow = ml_collections.ConfigDict()
   c.reflow.teacher = ""       # workdir of a finished rf run; "" = ordinary training

@@ -151,9 +151,9 @@ def _eval(args, overrides):
   del overrides
   workdir_lib.check_run(args.workdir)   # path problems first: they need no JAX
   workdir_lib.check_writable_dir(args.workdir, "workdir")
-  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import registry, runner  # pylint: disable=g-import-not-at-top
   kind = workdir_lib.read_source_info(args.workdir)["kind"]
-  metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+  metrics = registry.parse(args.metrics)
   opts = runner.Options(
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
@@ -191,10 +191,13 @@ def _eval(args, overrides):
     return
   results, skipped = runner.evaluate(args.workdir, opts)
   if not results and skipped:   # nothing that was asked for can be computed
-    raise UsageError(" ".join(skipped.values()))
+    raise UsageError(f"nothing to evaluate: {' '.join(skipped.values())}")
   print(json.dumps(results, indent=2))
   for why in skipped.values():
     print(why)
+  if results:
+    print(f"results in {os.path.join(args.workdir, 'eval.jsonl')} ({len(results)} record(s) appended)",
+          file=sys.stderr)   # stdout stays the records' JSON
   for rec in results:
     if rec.get("success") is False:
       print(f"fm: warning: {rec.get('solver', 'the solver')} stopped before reaching the end of the interval for "
@@ -237,6 +240,9 @@ def _sweep(args, overrides):
   _, failures = sweep.run_sweep(config, args.workdir, grid)
   with open(os.path.join(args.workdir, "table.md")) as f:
     print(f.read(), end="")
+  figure = os.path.join(args.workdir, "figure.png")
+  print(f"results in {os.path.join(args.workdir, 'table.md')}, table.csv"
+        + (", figure.png" if os.path.exists(figure) else "") + " and one workdir per point")
   if failures:
     print(f"fm: error: {len(failures)} sweep point(s) failed ({'; '.join(l for l, _ in failures)}), see "
           f"{os.path.join(args.workdir, 'table.md')}", file=sys.stderr)
@@ -245,7 +251,7 @@ def _sweep(args, overrides):
 
 
 def _import_torchcfm(args, overrides):
-  from fm.io import torchcfm  # pylint: disable=g-import-not-at-top
+  from fm import torchcfm  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides, workdir_fallback=False)
   try:
     shape = tuple(int(s) for s in args.image_shape.split(","))

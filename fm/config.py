@@ -164,13 +164,18 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return from_dict(d)
 
 
+# The end-of-training metrics of a config without `eval.metrics` (fm.evaluate.registry), by run kind.
+AT_END_METRICS = {"points": "w2,path_energy", "images": "grid"}
+
+
 def upgrade(d: dict[str, Any]) -> dict[str, Any]:
   """A config dict of the old shape mapped to the new one (a new-shape dict is returned unchanged).
 
   Old: top-level `sigma` and `time_sampler`, `time = {m, s}` and a `coupling`
   section of every coupling's options, without `name`, unset ones None. New:
   `path = {name, sigma}`, `time = {name, ...}`, `coupling = {name, ...}`; the
-  preset (`method`) fills in the names left None (`canonical`).
+  preset (`method`) fills in the names left None (`canonical`). A config from
+  before `eval.metrics` gets the metrics its end of training computed.
   """
   d = json.loads(json.dumps(d))
   sections = {s: dict(d.get(s) or {}) for s in SECTIONS}
@@ -184,6 +189,9 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
       section = {k: v for k, v in section.items() if v is not None or k == "name"}
     d[name] = section
   d["path"].setdefault("sigma", None)
+  if isinstance(d.get("eval"), dict):   # before eval.metrics: what the end of training computed
+    kind = "images" if (d.get("data") or {}).get("name") == "images" else "points"
+    d["eval"].setdefault("metrics", AT_END_METRICS[kind])
   return d
 
 
@@ -241,7 +249,7 @@ def check(config) -> None:
                      "train.checkpoint_every", "train.keep_checkpoints"])
   check_positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
   check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.grid_steps", "eval.batch_size",
-                                 "eval.rtol", "eval.atol") if k in f])
+                                 "eval.rtol", "eval.atol", "eval.fid_num") if k in f])
   check_positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
   if not 0 <= f["train.ema_decay"] < 1:
     raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")

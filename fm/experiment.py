@@ -26,7 +26,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
   config_lib.check(config)   # before importing JAX: bad numbers are answered at once
   from fm import recipe  # pylint: disable=g-import-not-at-top
   from fm.train import loop  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import registry  # pylint: disable=g-import-not-at-top
   config = recipe.resolve(config)
+  registry.check_config(config)   # eval.metrics: names of the run kind's metrics
   return loop.prepare(config, workdir)
 
 

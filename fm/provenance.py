@@ -12,7 +12,7 @@ import os
 import subprocess
 from typing import Any
 
-__all__ = ["record", "git_commit", "summary", "npz_fields"]
+__all__ = ["record", "git_commit", "commit_label", "summary", "npz_fields"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,6 +33,12 @@ def git_commit(path: str = _PACKAGE_DIR) -> tuple[str, bool | None]:
     return "unknown", None
   status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", cwd=path)
   return commit, None if status is None else bool(status)
+
+
+def commit_label() -> str:
+  """`git_commit()` as one string: `<sha>`, `<sha>-dirty` when fm's files differ from it, or "unknown"."""
+  commit, dirty = git_commit()
+  return commit + ("-dirty" if dirty else "")
 
 
 def record() -> dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from fm import experiment
 from fm import config as config_lib
+from fm import evaluate
 from fm import recipe
 from fm.evaluate import images as images_eval
 
@@ -84,12 +85,12 @@ def main(argv=None):
     t0 = time.time()
     experiment.train(config, workdir)
     train_time = time.time() - t0
-    result = images_eval.evaluate_workdir(workdir)
+    result = evaluate.evaluate_workdir(workdir)   # config.eval.metrics: the grid
     result["train_seconds"] = train_time
     results[method] = result
     with np.load(os.path.join(workdir, result["samples"])) as f:
       grid = images_eval.make_grid(f["samples"][:64])
-    panels.append((f"{method}: dopri5 NFE {result['nfe']} (tol {args.tol:g}), "
+    panels.append((f"{method}: dopri5 NFE {result['nfe']:g} (tol {args.tol:g}), "
                    f"train {train_time / 60:.1f} min", grid))
 
   config = _config(args, "icfm")
@@ -103,7 +104,7 @@ def main(argv=None):
   for method, r in results.items():
     with open(os.path.join(args.workdir, method, "metrics.jsonl")) as f:
       last = [json.loads(l) for l in f if l.strip()][-1]
-    lines.append(f"| {method} | {r['nfe']} | {last['loss']:.4f} | {r['train_seconds']:.0f} |")
+    lines.append(f"| {method} | {r['nfe']:g} | {last['loss']:.4f} | {r['train_seconds']:.0f} |")
   table = "\n".join(lines) + "\n"
   with open(os.path.join(args.workdir, "results.md"), "w") as f:
     f.write(table)

@@ -17,10 +17,12 @@ from typing import Any
 
 from fm.data.base import Source
 
-__all__ = ["Source", "NAMES", "make", "check", "identity", "example_shape", "split_options", "x0_sampler"]
+__all__ = ["Source", "NAMES", "KINDS", "make", "check", "identity", "example_shape", "split_options",
+           "x0_sampler"]
 
 _MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders: fm.data.folder
 NAMES = tuple(_MODULES)
+KINDS = {"toy": "points", "images": "images"}   # `Source.kind` of each source, known without building it
 
 
 def __getattr__(name: str):

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -39,6 +38,7 @@ import tqdm
 
 from fm.data import folder
 from fm.data.base import Source
+from fm.io import files
 
 __all__ = ["check_options", "identity", "example_shape", "check_cache_dir", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
            "default_cache_dir"]
@@ -73,8 +73,12 @@ def to_float(u8):
 
 
 def to_uint8(x):
-  """Inverse of `to_float` for float images in [-1, 1] (clipped, rounded)."""
-  return jnp.round(jnp.clip((x + 1.0) * 127.5, 0, 255)).astype(jnp.uint8)
+  """Inverse of `to_float` for float images in [-1, 1]: `round((x + 1) * 127.5)` clipped to [0, 255], uint8.
+
+  NumPy in, NumPy out (host post-processing of samples); a JAX array (or a tracer) stays in JAX.
+  """
+  xp = np if isinstance(x, np.ndarray) else jnp
+  return xp.round(xp.clip((x + 1.0) * 127.5, 0, 255)).astype(xp.uint8)
 
 
 def _check_downscale(h: int, w: int, size: int) -> None:
@@ -183,17 +187,11 @@ def _cache_paths(cache_dir: str, key: str):
 
 
 def _atomic_write(path: str, write) -> dict:
-  """Writes `path` through a temporary file; returns its `{"size", "sha256"}`."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    stamp = _stamp(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  return stamp
+  """Writes `path` atomically through `fm.io.files`; returns its `{"size", "sha256"}`."""
+  # The cache is per host (each host of a multi-process run keeps its own copy): every process may write.
+  with files.atomic(path, per_process=True) as f:
+    write(f)
+  return _stamp(path)
 
 
 def _stamp(path: str) -> dict:
@@ -304,10 +302,10 @@ def load(path: str | None = None, dataset: str | None = None, split: str = "trai
     if image_size is not None:
       arr = downscale(arr, image_size)
     os.makedirs(cache_dir, exist_ok=True)
-    files = {"images": _atomic_write(f_img, lambda f: np.save(f, arr))}
+    stamps = {"images": _atomic_write(f_img, lambda f: np.save(f, arr))}
     if labels is not None:
-      files["labels"] = _atomic_write(f_lab, lambda f: np.save(f, labels))
-    info = json.dumps(dict(spec=spec, classes=classes, shape=arr.shape, files=files, report=report), indent=1)
+      stamps["labels"] = _atomic_write(f_lab, lambda f: np.save(f, labels))
+    info = json.dumps(dict(spec=spec, classes=classes, shape=arr.shape, files=stamps, report=report), indent=1)
     _atomic_write(f_meta, lambda f: f.write(info.encode()))
     cached = False
   _report(report, where, len(arr))

@@ -1,12 +1,14 @@
-"""Evaluation of trained runs: toy metrics (`toy`), image runs (`images`), sampling, figures.
+"""Evaluation of trained runs: a metric registry, one driver, sampling and figures.
+
+  registry      the metrics (`fm/evaluate/metrics/`, one class each) and which run kinds they serve
+  runner        `fm eval`, NFE sweeps and the end-of-training evaluation (eval.jsonl, eval.json)
+  toy, images, image_metrics, fid, reference   the computations the metrics wrap
+  sampling, plots                              integrating samples; figures
 
 `evaluate_workdir` and `sample_workdir` dispatch on the kind of the run's data
 (`source.json`: "points" for the 2D toys, "images" for image folders / tfds).
 """
 from __future__ import annotations
-
-import json
-import os
 
 from fm import recipe
 from fm.evaluate import plots, sampling, toy
@@ -22,52 +24,21 @@ def kind(workdir: str) -> str:
   return recipe.read_source_info(workdir)["kind"]
 
 
-def evaluate_workdir(workdir: str) -> dict:
-  """The end-of-training evaluation of a run's latest EMA checkpoint (see `toy`, `images`).
+def evaluate_workdir(workdir: str, loaded: tuple | None = None) -> dict:
+  """The end-of-training evaluation of a run's latest EMA checkpoint (`runner.evaluate_at_end`).
 
-  A result whose dopri5 solve stopped at its step limit is marked: `warnings`
-  in `eval.json` says which numbers come from samples not integrated to t = 1.
-  eval.json also records the eval settings and `provenance` (fm version and
-  commit, JAX version, device).
+  Computes `config.eval.metrics` at the run's eval settings, appends each record
+  to `eval.jsonl` and writes `eval.json`, the flat view of them. A result whose
+  dopri5 solve stopped at its step limit is marked: `warnings` says which.
   """
-  if kind(workdir) == "images":
-    from fm.evaluate import images  # pylint: disable=g-import-not-at-top
-    result = images.evaluate_workdir(workdir)
-  else:
-    result = toy.evaluate_workdir(workdir)
-  from fm import provenance  # pylint: disable=g-import-not-at-top
-  result["eval_settings"] = recipe.read_config(workdir).eval.to_dict()
-  result["provenance"] = provenance.record()
-  warnings = []
-  if not result.get("dopri5_success", True):
-    warnings.append(f"dopri5 stopped at its step limit before t = 1 (rtol {result.get('rtol')}, atol "
-                    f"{result.get('atol')}): the dopri5 numbers (w2, nfe) are of samples that were not "
-                    f"integrated to t = 1")
-  if warnings:
-    result["warnings"] = warnings
-  _write_json(os.path.join(workdir, "eval.json"), result)
-  return result
+  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
+  return runner.evaluate_at_end(workdir, loaded)
 
 
 def up_to_date(workdir: str, step: int) -> dict | None:
   """eval.json's content if it is of checkpoint `step` with the run's current eval settings, else None."""
-  path = os.path.join(workdir, "eval.json")
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path) as f:
-      result = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if result.get("step") != step or result.get("eval_settings") != recipe.read_config(workdir).eval.to_dict():
-    return None
-  return result
-
-
-def _write_json(path: str, obj) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + ".tmp", path)
+  from fm.evaluate import runner  # pylint: disable=g-import-not-at-top
+  return runner.up_to_date(workdir, step)
 
 
 def sample_workdir(workdir: str, out: str, **kwargs) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import tempfile
 import urllib.request
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 from scipy import linalg
 
 from fm.evaluate import inception
+from fm.io import files
 
 __all__ = ["WEIGHTS_URL", "WEIGHTS_FILE", "load_inception", "read_state_dict", "inception_features",
            "statistics", "frechet_distance", "load_statistics", "default_weights_path",
@@ -53,22 +53,14 @@ def download_weights(url: str = WEIGHTS_URL, path: str | os.PathLike | None = No
   if path.exists() and not overwrite:
     return path
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-  try:
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
-      while chunk := response.read(1 << 20):
-        digest.update(chunk)
-        out.write(chunk)
-      out.flush()
-      os.fsync(out.fileno())
+  digest = hashlib.sha256()
+  # A per-host cache: whoever downloads keeps it; a mismatch raises inside the block, so nothing is kept.
+  with files.atomic(path, per_process=True) as out, urllib.request.urlopen(url) as response:
+    while chunk := response.read(1 << 20):
+      digest.update(chunk)
+      out.write(chunk)
     if sha256 is not None and digest.hexdigest() != sha256.lower():
       raise ValueError(f"Download from {url} has sha256 {digest.hexdigest()}, expected {sha256}.")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
   return path
 
 

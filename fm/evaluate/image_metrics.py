@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fm import likelihood, solvers
+from fm.data import images as images_lib
 from fm.evaluate import fid, sampling
 from fm import recipe
 
@@ -48,7 +49,7 @@ def fid_of_run(run: recipe.Run, params, sample_x0, inception: dict, mu: np.ndarr
                batch_size: int = 256, fid_batch_size: int = 50, progress: bool = True) -> dict[str, Any]:
   """FID of `num` generated images; returns `value`, NFE (mean per batch and total) and settings."""
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
-                                  solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8,
+                                  solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8,
                                   progress=progress, desc=f"FID samples ({solver})")
   value = frechet_of_samples(samples, inception, mu, sigma, fid_batch_size)
   nfe = info["nfe_per_batch"]

@@ -1,7 +1,7 @@
 """Image runs: sample grids, batched sampling into `.npz`/PNGs, the training-time grid.
 
 Samples are pushed from x0 ~ N(0, I) to t = 1 with the EMA parameters and mapped
-to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`sampling.to_uint8`).
+to uint8 by `round((x + 1) * 127.5)` clipped to [0, 255] (`fm.data.images.to_uint8`).
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import jax
 import numpy as np
 
 from fm import provenance
+from fm.data import images as images_lib
 from fm.evaluate import sampling
 from fm import recipe
+from fm.io import files
 from fm.train import partitioning
-from fm.train import workdir as workdir_lib
 
-__all__ = ["make_grid", "save_grid", "sample_workdir", "GridEvaluator", "grid_noise_key"]
+__all__ = ["make_grid", "save_grid", "sample_workdir", "sample_run", "GridEvaluator", "grid_noise_key"]
 
 
 def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -32,7 +33,7 @@ def make_grid(images: np.ndarray, cols: int = 8, pad: int = 2, fill: int = 255) 
 
 
 def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> None:
-  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`)."""
+  """Writes a grid of uint8 images `[n, H, W, C]` as a PNG (nearest-neighbour upscaled by `scale`), process 0 only."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = make_grid(images, cols)
   if grid.shape[-1] == 1:
@@ -40,19 +41,7 @@ def save_grid(path: str, images: np.ndarray, cols: int = 8, scale: int = 2) -> N
   img = Image.fromarray(grid)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  _save_png(img, path)
-
-
-def _save_png(img, path: str) -> None:
-  """Writes a PIL image atomically: a temporary beside `path`, renamed; removed on any failure."""
-  tmp = path + ".tmp.png"
-  try:
-    img.save(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.write_png(path, img)   # process 0 only
 
 
 def grid_noise_key(seed: int) -> jax.Array:
@@ -60,45 +49,44 @@ def grid_noise_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 0x6121D)
 
 
-def _x0_sampler(workdir: str, run: recipe.Run):
-  return recipe.x0_sampler(recipe.read_config(workdir), run.shape)
-
-
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
                    max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+  """Samples checkpoint `step` (default: the latest) of an image run; see `sample_run`."""
+  run, params, step = recipe.load(workdir, step)
+  return sample_run(run, params, step, out, solver, num=num, seed=seed, rtol=rtol, atol=atol, steps=steps,
+                    batch_size=batch_size, png_dir=png_dir, max_steps=max_steps, progress=progress)
+
+
+def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopri5", num: int = 64,
+               seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+               batch_size: int = 256, png_dir: str | None = None, max_steps: int | None = None,
+               progress: bool = True) -> dict[str, Any]:
   """Samples an image run into `out` (.npz) and an 8x8 grid `out.png`; optional one PNG per image.
 
   The npz holds `samples` uint8 `[num, H, W, C]`, `nfe_total`, `nfe_per_batch`,
   `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
-  `success` (False if any dopri5 batch hit its step limit).
+  `success` (False if any dopri5 batch hit its step limit). Sample i starts
+  from the noise of key `fold_in(PRNGKey(seed), i)` (`sampling.sample`).
   """
-  run, params, step = recipe.load(workdir, step)
+  sample_x0 = recipe.x0_sampler(run.config, run.shape)
   samples, info = sampling.sample(
-      run.model, params, _x0_sampler(workdir, run), jax.random.PRNGKey(seed), num, batch_size,
-      solver, rtol=rtol, atol=atol, steps=steps, postprocess=sampling.to_uint8, progress=progress,
+      run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
+      solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8, progress=progress,
       desc=f"sampling ({solver})", max_steps=max_steps)
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
             "seed": seed, "batch_size": info["batch_size"], "checkpoint_step": step, "success": info["success"],
             **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
-  if partitioning.is_writer():  # every process sampled (its shards) and holds all samples
-    tmp = out + ".tmp.npz"
-    try:
-      np.savez(tmp, **record)
-      os.replace(tmp, out)
-    except BaseException:   # a full disk, Ctrl-C: no temporary left behind
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
-    save_grid(png, samples[:64])
-  if png_dir and partitioning.is_writer():
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+  # every process sampled (its shards) and holds all samples; process 0 writes them
+  files.write_npz(out, **record)
+  save_grid(png, samples[:64])
+  if png_dir and files.is_writer():
     os.makedirs(png_dir, exist_ok=True)
     for i, img in enumerate(samples):
-      _save_png(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), os.path.join(png_dir, f"{i:06d}.png"))
+      files.write_png(os.path.join(png_dir, f"{i:06d}.png"), img)
   return {"out": out, "png": png, "step": step, "nfe": info["nfe_total"],
           "nfe_per_batch": info["nfe_per_batch"], "success": info["success"]}
 
@@ -118,33 +106,8 @@ class GridEvaluator:
     if isinstance(leaf.sharding, jax.sharding.NamedSharding):  # shard over the training mesh
       x0 = partitioning.put(x0, partitioning.sharding_for_batch(leaf.sharding.mesh, len(x0)))
     x1, info = sampling.generate(self.run.model, ema_params, x0, "euler", steps=self.steps)
-    images = sampling.to_uint8(partitioning.to_host(x1))
-    if partitioning.is_writer():
-      save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
+    images = images_lib.to_uint8(partitioning.to_host(x1))
+    save_grid(os.path.join(self.workdir, "samples", f"grid_{step:08d}.png"), images)
     if writer is not None:
       writer.image("samples/euler", make_grid(images), step)
     return {"grid_nfe": float(info["nfe"])}
-
-
-
-def evaluate_workdir(workdir: str) -> dict[str, Any]:
-  """End-of-training evaluation of an image run: dopri5 samples, their NFE and a grid; `eval.json`.
-
-  `eval.num_samples` samples from `eval.seed` at `eval.rtol` / `eval.atol` go to
-  `workdir/samples/eval_<step>.npz` with the grid beside it.
-  """
-  import json  # pylint: disable=g-import-not-at-top
-  config = recipe.read_config(workdir)
-  ec = config.eval
-  step = recipe.check_run(workdir)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  out = os.path.join(workdir, "samples", f"eval_{step:08d}.npz")
-  info = sample_workdir(workdir, out, "dopri5", num=ec.num_samples, seed=ec.seed, rtol=ec.rtol,
-                        atol=ec.atol, batch_size=ec.get("batch_size", 256), progress=False)
-  result = {"step": step, "method": config.method, "data": recipe.read_source_info(workdir)["description"],
-            "seed": ec.seed, "solver": "dopri5", "rtol": ec.rtol, "atol": ec.atol,
-            "num_samples": ec.num_samples, "nfe": info["nfe_per_batch"][0], "nfe_total": info["nfe"],
-            "dopri5_success": info["success"], "samples": os.path.relpath(out, workdir)}
-  result.setdefault("provenance", provenance.record())
-  workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
-  return result

@@ -8,8 +8,11 @@ Outputs go to `workdir/nfe_sweep_<solver>.{md,csv,png}`.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Any, Sequence
+
+from fm.io import files
 
 __all__ = ["LABELS", "parse", "write"]
 
@@ -48,17 +51,17 @@ def write(workdir: str, solver: str, rows: Sequence[dict[str, Any]], metrics: Se
   setting = "tol" if "tol" in rows[0] else "steps"
   columns = ["solver", setting, "nfe", *metrics]
   columns += [c for c in rows[0] if c not in columns]
-  with open(stem + ".csv", "w", newline="") as f:
-    w = csv.DictWriter(f, columns)
-    w.writeheader()
-    w.writerows(rows)
+  out = io.StringIO()
+  w = csv.DictWriter(out, columns, lineterminator="\r\n")
+  w.writeheader()
+  w.writerows(rows)
+  files.write_text(stem + ".csv", out.getvalue())
   header = ["solver", setting, "NFE", *(LABELS.get(m, m) for m in metrics)]
   lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["solver"], f"{r[setting]:g}", f"{r['nfe']:g}", *(f"{r[m]:.4g}" for m in metrics)]
     lines.append("| " + " | ".join(cells) + " |")
-  with open(stem + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.write_text(stem + ".md", "\n".join(lines) + "\n")
   panels = [(LABELS.get(m, m), {solver: ([r["nfe"] for r in rows], [r[m] for r in rows])}) for m in metrics]
   plots.nfe_curves(stem + ".png", panels, title=caption.split(".")[0])
   return {"md": stem + ".md", "csv": stem + ".csv", "png": stem + ".png"}

@@ -6,7 +6,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-__all__ = ["scatter", "draw_trajectories", "trajectories_figure", "nfe_curves"]
+from fm.io import files
+
+
+def save(fig, path: str) -> None:
+  """Writes `fig` as a PNG (120 dpi) through `fm.io.files` (atomic, process 0) and closes it."""
+  with files.atomic(path) as f:
+    fig.savefig(f, format="png", dpi=120)
+  plt.close(fig)
+
+__all__ = ["save", "scatter", "draw_trajectories", "trajectories_figure", "nfe_curves", "images_figure"]
 
 
 def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> None:
@@ -19,8 +28,7 @@ def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None,
   ax.set_aspect("equal")
   ax.legend(loc="upper right", fontsize=7, markerscale=3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path)
 
 
 def draw_trajectories(ax, trajectory: np.ndarray, title: str = "",
@@ -56,8 +64,7 @@ def trajectories_figure(path: str, panels: list[tuple], reference: np.ndarray | 
   handles, labels = axes[0][0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, markerscale=3, frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path)
 
 
 def nfe_curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]], title: str = "") -> None:
@@ -75,5 +82,17 @@ def nfe_curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]]
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path)
+
+
+def images_figure(path: str, panels: list[tuple[str, np.ndarray]]) -> None:
+  """One row of uint8 image mosaics `[H, W, C]` side by side, each with its title `(title, mosaic)`."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.7), squeeze=False)
+  for ax, (title, mosaic) in zip(axes[0], panels):
+    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray" if mosaic.shape[-1] == 1 else None,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  save(fig, path)

@@ -3,38 +3,22 @@
 Every number `fm eval` computes is one JSON line in `eval.jsonl`: the metric and
 its value with how it was obtained (checkpoint step, data source, seed, solver,
 tolerances or steps, NFE, sample count, weights file hash, fm's git commit).
-Lines are only ever appended, one `write` each, so earlier results survive.
+Lines are only ever appended (`fm.io.files.append_jsonl`, by process 0), so earlier results survive.
 """
 from __future__ import annotations
 
 import datetime
 import functools
 import hashlib
-import json
 import os
-import subprocess
 from typing import Any
 
-__all__ = ["EVAL_FILE", "append", "read", "git_commit", "file_sha256", "solver_fields", "stamp"]
+from fm import provenance
+from fm.io import files
+
+__all__ = ["EVAL_FILE", "append", "read", "file_sha256", "solver_fields", "stamp"]
 
 EVAL_FILE = "eval.jsonl"
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-  """fm's git commit (`<sha>`, `<sha>-dirty` with uncommitted changes to tracked files), or "unknown"."""
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-  def git(*args):
-    return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, timeout=20,
-                          check=True).stdout.strip()
-
-  try:
-    sha = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return sha + ("-dirty" if dirty else "")
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,31 +50,16 @@ def stamp() -> dict[str, Any]:
   """Fields every record carries: UTC time, fm's commit, the JAX device."""
   import jax  # pylint: disable=g-import-not-at-top
   return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "fm_commit": git_commit(), "device": jax.devices()[0].device_kind}
+          "fm_commit": provenance.commit_label(), "device": jax.devices()[0].device_kind}
 
 
 def append(workdir: str, record: dict[str, Any]) -> str:
-  """Appends `record` as one JSON line to `workdir/eval.jsonl`; returns the file's path."""
+  """Appends `record` as one JSON line to `workdir/eval.jsonl` (process 0 only); returns the file's path."""
   path = os.path.join(workdir, EVAL_FILE)
-  line = json.dumps(record, sort_keys=False, default=_plain) + "\n"
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(line)
-    f.flush()
-    os.fsync(f.fileno())
+  files.append_jsonl(path, record)
   return path
 
 
 def read(workdir: str) -> list[dict[str, Any]]:
-  """All records of `workdir/eval.jsonl` in the order written ([] if there is none)."""
-  path = os.path.join(workdir, EVAL_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _plain(x):
-  """numpy / jax scalars and arrays -> Python numbers and lists for JSON."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  x = np.asarray(x)
-  return x.item() if x.ndim == 0 else x.tolist()
+  """All records of `workdir/eval.jsonl` in the order written ([] if there is none; a cut-off line is skipped)."""
+  return files.read_jsonl(os.path.join(workdir, EVAL_FILE))

@@ -17,12 +17,13 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from fm import provenance
 from fm.evaluate import fid, records
+from fm.io import files
 
 __all__ = ["STATS_FORMAT", "load_kwargs", "default_out", "cache_dir", "save", "compute", "from_source",
            "from_file", "write"]
@@ -68,16 +69,9 @@ def save(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any
   """Writes `mu`, `sigma` (and provenance strings) to an `.npz`, atomically."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-               **{k: np.asarray(str(v)) for k, v in meta.items()})
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  # A cache beside the weights (per host) or fm fid-stats' output: whoever computed it writes it.
+  files.write_npz(path, per_process=True, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                  **{k: np.asarray(str(v)) for k, v in meta.items()})
 
 
 def compute(images: np.ndarray, params: dict, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +97,7 @@ def from_source(kwargs: Mapping[str, Any], params: dict, weights_sha256: str, ba
   else:
     mu, sigma = compute(arr, params, batch_size)
     save(path, mu, sigma, num=len(arr), data=meta["description"], inception_sha256=weights_sha256,
-         fm_commit=records.git_commit())
+         fm_commit=provenance.commit_label())
   return mu, sigma, {"reference": str(path), "reference_data": meta["description"],
                      "reference_num": len(arr), "reference_cached": bool(cached)}
 
@@ -131,6 +125,6 @@ def write(kwargs: Mapping[str, Any], out: str | os.PathLike, inception: str | os
   arr, meta = images_lib.load(**kwargs)
   mu, sigma = compute(arr, params, batch_size)
   save(out, mu, sigma, num=len(arr), data=meta["description"], inception_sha256=sha,
-       fm_commit=records.git_commit())
+       fm_commit=provenance.commit_label())
   return {"out": os.fspath(out), "num": len(arr), "data": meta["description"], "inception": str(weights),
           "inception_sha256": sha}

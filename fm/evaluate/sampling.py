@@ -23,7 +23,7 @@ from fm import solvers
 from fm import recipe
 from fm.train import partitioning
 
-__all__ = ["generate", "sample", "batch_size_for", "initial_points", "to_uint8"]
+__all__ = ["generate", "sample", "batch_size_for", "initial_points"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "solver", "steps", "rtol", "atol", "save_trajectory",
@@ -48,11 +48,6 @@ def initial_points(sample_x0: Callable, key: jax.Array, start: int, count: int) 
   """`[count, *shape]`: x0 of samples `start .. start + count - 1` (one key per sample)."""
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
   return jax.vmap(lambda k: sample_x0(k, 1)[0])(keys)
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """Images in [-1, 1] -> uint8 by `round((x + 1) * 127.5)`, clipped to [0, 255]."""
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def batch_size_for(num: int, batch_size: int, devices: int = 1) -> int:

@@ -1,4 +1,4 @@
-"""Toy 2D evaluation of a trained flow, written to `workdir/eval.json`.
+"""Toy 2D evaluation of a trained flow: the numbers behind the `w2`, `path_energy` and `nll` metrics.
 
 Metrics (all from the EMA parameters of the latest checkpoint):
   w2                W2(dopri5 samples, held-out target), `num_samples` each
@@ -9,17 +9,17 @@ Metrics (all from the EMA parameters of the latest checkpoint):
 Source and held-out target samples come from `eval.seed`, on key streams that
 training never uses. Samples are integrated sharded over every device (the same
 values on any device count, see `fm.evaluate.sampling`); the metrics are then
-computed on the host copy, on one local device, and only process 0 writes.
+computed on the host copy, on one local device.
 
-`fm eval` (`fm.evaluate.runner`) also uses `w2_at` (W2 and NFE at any solver
-setting) and `nll`: the negative log-likelihood in nats of the held-out target
-samples, -mean log p1(y), by the CNF change of variables (`fm.likelihood`)
-where the source density is known in closed form (`fm.data.toys.DENSITIES`).
+The metrics of the registry (`fm.evaluate.metrics`) call `w2_at` (W2 and NFE at
+any solver setting), `path_energy_at` and `nll`: the negative log-likelihood in
+nats of the held-out target samples, -mean log p1(y), by the CNF change of
+variables (`fm.likelihood`) where the source density is known in closed form
+(`fm.data.toys.DENSITIES`). `evaluate` computes the first two in one call.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 
@@ -31,12 +31,12 @@ from fm import likelihood, metrics, provenance, solvers
 from fm.data import toys
 from fm.evaluate.sampling import generate
 from fm import recipe
+from fm.io import files
 from fm.train import partitioning
-from fm.train import workdir as workdir_lib
 
 _w2 = jax.jit(metrics.w2)
 
-__all__ = ["generate", "evaluate", "evaluate_workdir", "sample_workdir", "eval_keys", "w2_at", "path_energy_at", "nll",
+__all__ = ["generate", "evaluate", "sample_workdir", "eval_keys", "w2_at", "path_energy_at", "nll",
            "nll_unavailable"]
 
 
@@ -93,9 +93,10 @@ def w2_at(model, params, task: str, num_samples: int = 1000, seed: int = 0, solv
   """W2(samples, held-out target) and the NFE of one solver setting (the samples of `evaluate`)."""
   source, target = toys.parse_task(task)
   k_src, k_tgt = eval_keys(seed)
-  x0 = toys.sample(source, k_src, num_samples)
-  y = toys.sample(target, k_tgt, num_samples)
-  x1, info = generate(model, params, x0, solver, **_solver_kwargs(solver, rtol, atol, steps))
+  x0 = np.asarray(toys.sample(source, k_src, num_samples))
+  y = np.asarray(toys.sample(target, k_tgt, num_samples))
+  x1, info = generate(model, params, _sharded(x0, params), solver, **_solver_kwargs(solver, rtol, atol, steps))
+  x1, info = partitioning.to_host((x1, info))
   return {"value": float(_w2(x1, y)), "nfe": int(info["nfe"]), "num_samples": num_samples,
           "success": bool(info.get("success", True))}
 
@@ -105,9 +106,10 @@ def path_energy_at(model, params, task: str, num_samples: int = 1000, seed: int 
   """Path energy of the `euler_steps` Euler trajectory, its normalised form and that run's W2."""
   source, target = toys.parse_task(task)
   k_src, k_tgt = eval_keys(seed)
-  x0 = toys.sample(source, k_src, num_samples)
-  y = toys.sample(target, k_tgt, num_samples)
-  x1, info = generate(model, params, x0, "euler", steps=euler_steps, save_trajectory=True)
+  x0 = np.asarray(toys.sample(source, k_src, num_samples))
+  y = np.asarray(toys.sample(target, k_tgt, num_samples))
+  x1, info = generate(model, params, _sharded(x0, params), "euler", steps=euler_steps, save_trajectory=True)
+  x1, info = partitioning.to_host((x1, info))
   pe = metrics.path_energy(info["trajectory"], info["ts"])
   w2_source = _w2(x0, y)
   return {"value": float(pe), "normalized_path_energy": float(metrics.normalized_path_energy(pe, w2_source ** 2)),
@@ -158,20 +160,6 @@ def nll(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver
           "num_probes": None if divergence == "exact" else int(num_probes), "source_density": source}
 
 
-def evaluate_workdir(workdir: str) -> dict:
-  """Evaluates the latest checkpoint of a run; writes and returns `eval.json`'s content."""
-  run, params, step = recipe.load(workdir)
-  ec = run.config.eval
-  result = {"step": step, "method": run.config.method, "task": run.config.data.task,
-            "seed": run.config.seed, "num_samples": ec.num_samples, "rtol": ec.rtol, "atol": ec.atol,
-            "euler_steps": ec.euler_steps}
-  result.update(evaluate(run.model, params, run.config.data.task, ec.num_samples, ec.seed,
-                         ec.rtol, ec.atol, ec.euler_steps))
-  result.setdefault("provenance", provenance.record())
-  workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), result)   # process 0 only
-  return result
-
-
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 1000, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    step: int | None = None, max_steps: int | None = None, **unused) -> dict:
@@ -196,15 +184,7 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
             "max_steps": -1 if max_steps is None else max_steps, "success": success,
             **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
-  if partitioning.is_writer():
-    tmp = out + ".tmp.npz"
-    try:
-      np.savez(tmp, **record)
-      os.replace(tmp, out)
-    except BaseException:   # a full disk, Ctrl-C: no temporary left behind
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+  if files.write_npz(out, **record):   # process 0
     reference = np.asarray(toys.sample(target, eval_keys(seed)[1], num))
     title = f"{run.config.method} {run.config.data.task}: {solver}, NFE {record['nfe']}"
     if not success:

@@ -1,4 +1,5 @@
-"""Reading files written by other frameworks: `torch_pickle` reads `.pt` / `.pth` without torch."""
-from fm.io import torch_pickle
+"""File I/O, a leaf package (it imports nothing else of fm): `files` is the one way fm writes a file
+(atomic, process 0 only); `torch_pickle` reads `.pt` / `.pth` files without torch."""
+from fm.io import files, torch_pickle
 
-__all__ = ["torch_pickle"]
+__all__ = ["files", "torch_pickle"]

@@ -41,6 +41,7 @@ import tqdm
 from fm import config as config_lib
 from fm import data as data_lib
 from fm import provenance
+from fm.io import files
 from fm.train import checkpoint, partitioning, reflow, step as step_lib, tensorboard
 from fm.train import state as state_lib
 from fm.train import workdir as workdir_lib
@@ -184,9 +185,9 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
     log.info("%s: already finished at step %d", workdir, start)
     if not changes and not failures:
       return state, start   # nothing to record: the workdir is left as it is
-  workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), new)
+  files.write_json(os.path.join(workdir, "config.json"), new, sort_keys=True)
   prov = provenance.record()
-  workdir_lib.write_json_atomic(os.path.join(workdir, "provenance.json"), prov)
+  files.write_json(os.path.join(workdir, "provenance.json"), prov, sort_keys=True)
   extra = {"changes": changes} if changes else {}
   extra["provenance"] = prov
   if failures:
@@ -231,8 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
     return state, start
   if state is None:
     state = partitioning.init_replicated(run.init_state, mesh)
-  if partitioning.is_writer():
-    workdir_lib.write_source_info(workdir, source)
+  workdir_lib.write_source_info(workdir, source)   # process 0
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   data = None if source.data is None else partitioning.replicate(source.data, mesh)
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
@@ -282,12 +282,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
     if "converged" in row:
       row["coupling_unconverged"] = _warn_unconverged(run.method.coupling, stats_list, prev_row_step, at_step)
     prev_row_step = at_step
-    if partitioning.is_writer():
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    files.append_jsonl(metrics_path, row)   # process 0
     writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-    if bar.disable and partitioning.is_writer():
+    if bar.disable and files.is_writer():
       log.info("step %d loss %.5f (%.3g steps/s, about %s to step %d)", at_step, row["loss"],
                row["steps_per_sec"], _duration((tc.steps - at_step) / max(row["steps_per_sec"], 1e-9)), tc.steps)
 
@@ -295,7 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
   try:
     with tqdm.tqdm(total=tc.steps, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
                    unit="step", dynamic_ncols=True,
-                   disable=None if partitioning.is_writer() else True) as bar:
+                   disable=None if files.is_writer() else True) as bar:
       while step < tc.steps and not partitioning.any_process(stop["signum"] is not None):
         end = min(step + tc.steps_per_call, _next_multiple(step, tc.log_every),
                   _next_multiple(step, tc.checkpoint_every), tc.steps,

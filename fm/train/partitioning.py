@@ -26,6 +26,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fm.io import files
+
 __all__ = ["AXIS", "make_mesh", "replicated", "batch_sharding", "sharding_for_batch", "put", "replicate",
            "abstract_replicated", "init_replicated", "to_host", "jax_process_count", "is_writer", "any_process", "barrier",
            "initialize", "cluster_env_detected"]
@@ -100,8 +102,8 @@ def jax_process_count() -> int:
 
 
 def is_writer() -> bool:
-  """True on the one process that writes results files (process 0)."""
-  return jax.process_index() == 0
+  """True on the one process that writes results files (process 0): `fm.io.files.is_writer`."""
+  return files.is_writer()
 
 
 def any_process(flag: bool) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 from fm import provenance, solvers
 from fm import config as config_lib
+from fm.io import files
 from fm.train import partitioning
 from fm.train import workdir as workdir_lib
 
@@ -96,11 +97,8 @@ def load_or_make_pairs(workdir: str, teacher: str, sample_x0, num_pairs: int, se
   if not os.path.exists(path):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EF10)
     pairs = make_pairs(teacher, sample_x0, num_pairs, key, load_teacher, **solver_kwargs)
-    if not partitioning.is_writer():  # every process made the same pairs; process 0 stores them
+    if not files.write_npz(path, **pairs):  # every process made the same pairs; process 0 stores them
       return {"z0": jnp.asarray(pairs["z0"]), "z1": jnp.asarray(pairs["z1"])}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **pairs)
-    os.replace(tmp, path)
   with np.load(path) as f:
     teacher_step = int(f["teacher_step"]) if "teacher_step" in f else None
     return {"z0": jnp.asarray(f["z0"]), "z1": jnp.asarray(f["z1"]), "teacher_step": teacher_step}

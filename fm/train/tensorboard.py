@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
+
+from fm.io import files
 
 __all__ = ["Writer"]
 
@@ -17,7 +18,7 @@ class Writer:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._writer = None
-    if enabled and jax.process_index() == 0:
+    if enabled and files.is_writer():
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 

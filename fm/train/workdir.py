@@ -28,10 +28,11 @@ import time
 from typing import Any, Iterator
 
 from fm import config as config_lib
+from fm.io import files
 
 __all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir", "check_run",
            "resume_changes", "check_steps", "check_free", "lock", "append_history", "read_history", "read_metrics",
-           "trim_metrics", "write_json_atomic", "read_config", "read_source_info", "write_source_info",
+           "trim_metrics", "read_config", "read_source_info", "write_source_info",
            "CONFIG_FILE", "SOURCE_FILE"]
 
 LOCK_FILE = ".lock"
@@ -281,19 +282,10 @@ def lock(workdir: str) -> Iterator[None]:
       os.close(fd)   # releases the lock
 
 
-def _is_writer() -> bool:
-  """Only process 0 writes shared files (`fm.train.partitioning.is_writer`); JAX imported lazily."""
-  from fm.train import partitioning  # pylint: disable=g-import-not-at-top
-  return partitioning.is_writer()
-
-
 def append_history(workdir: str, event: str, step: int, **fields: Any) -> None:
-  """Appends `{"event", "step", "time", **fields}` as one line to `history.jsonl`."""
-  if not _is_writer():
-    return
+  """Appends `{"event", "step", "time", **fields}` as one line to `history.jsonl` (process 0)."""
   row = {"event": event, "step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
-  with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-    f.write(json.dumps(row, sort_keys=True) + "\n")
+  files.append_jsonl(os.path.join(workdir, HISTORY_FILE), row, sort_keys=True)
 
 
 def _read_lines(path: str) -> list[tuple[str, dict[str, Any]]]:
@@ -312,39 +304,22 @@ def _read_lines(path: str) -> list[tuple[str, dict[str, Any]]]:
   return out
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  return [row for _, row in _read_lines(path)]
-
-
 def read_history(workdir: str) -> list[dict[str, Any]]:
-  return _read_jsonl(os.path.join(workdir, HISTORY_FILE))
+  return files.read_jsonl(os.path.join(workdir, HISTORY_FILE))
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The rows of `metrics.jsonl`, skipping a truncated last line."""
-  return _read_jsonl(os.path.join(workdir, METRICS_FILE))
+  return files.read_jsonl(os.path.join(workdir, METRICS_FILE))
 
 
 def trim_metrics(workdir: str, max_step: int) -> None:
-  """Rewrites `metrics.jsonl` without rows past `max_step` (replayed after a resume) or cut-off lines."""
-  if not _is_writer():
-    return
+  """Rewrites `metrics.jsonl` (process 0) without rows past `max_step` (replayed after a resume) or cut-off lines."""
   path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  if not files.is_writer() or not os.path.exists(path):
     return
   lines = [line for line, row in _read_lines(path) if row.get("step", 0) <= max_step]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(lines)
-  os.replace(path + ".tmp", path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  if not _is_writer():
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_text(path, "".join(lines))
 
 
 def read_config(workdir: str):
@@ -365,9 +340,9 @@ def write_source_info(workdir: str, source) -> None:
   resumed run recognises its data at another path; `skipped` and `converted`
   are what loading it skipped or converted (`fm.data.folder`).
   """
-  write_json_atomic(os.path.join(workdir, SOURCE_FILE),
-                    {"name": source.name, "shape": list(source.shape), "kind": source.kind,
-                     "description": source.description, **source.info})
+  files.write_json(os.path.join(workdir, SOURCE_FILE),   # process 0
+                   {"name": source.name, "shape": list(source.shape), "kind": source.kind,
+                    "description": source.description, **source.info}, sort_keys=True)
 
 
 def read_source_info(workdir: str) -> dict[str, Any]:

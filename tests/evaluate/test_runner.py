@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fm import experiment
-from fm import cli, likelihood
+from fm import cli, likelihood, provenance
 from fm import config as config_lib
 from fm import evaluate
 from fm.data import images as images_lib
@@ -125,7 +125,7 @@ def test_fid_end_to_end(image_run, cheap_inception, tmp_path):
   assert f["solver"] == "euler" and f["seed"] == 2 and f["step"] == 10 and "rtol" not in f
   with open(weights, "rb") as fh:
     assert f["inception_sha256"] == hashlib.sha256(fh.read()).hexdigest()
-  assert f["fm_commit"] == records.git_commit() and len(f["fm_commit"]) >= 40
+  assert f["fm_commit"] == provenance.commit_label() and len(f["fm_commit"]) >= 40
   assert folder in f["data"] and f["reference_num"] == 10 and not f["reference_cached"]
   assert calls == [10, 9]   # reference (10 train images), then the samples
 

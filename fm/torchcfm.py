@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from fm import config as config_lib
-from fm.io import torch_pickle
+from fm.io import files, torch_pickle
 
 __all__ = ["import_checkpoint"]
 
@@ -77,15 +77,13 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
 
   # Atomic: everything is written to a hidden temporary workdir beside the target, which is renamed
   # into place when complete; a failed import removes it, and a killed one leaves no workdir behind.
-  import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   parent = os.path.dirname(os.path.abspath(workdir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(workdir))}.importing-", dir=parent)
   try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(tmp, "config.json"), config_lib.to_dict(config), sort_keys=True)
     sha = _sha256(path)
     recipe.write_source_info(tmp, Source(
         name="images", shape=tuple(image_shape), batch_fn=None, data=None, sample_x0=None, kind="images",

@@ -1,0 +1,1 @@
+"""One module per metric (`fm.evaluate.metric.Metric`); the table of them is `fm.evaluate.registry`."""
