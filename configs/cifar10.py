@@ -26,7 +26,8 @@ run here, and its time per step on a GPU is not measured
 (`experiments/benchmarks/unet_vs_torchcfm.py --preset cifar --device cuda` measures it).
 
 Variants (`--config configs/cifar10.py:VARIANT`):
-  dit    DiT-S/2 (depth 12, hidden 384, 6 heads, patch 2), bfloat16 compute.
+  dit    DiT-S/2 (depth 12, hidden 384, 6 heads, patch 2), bfloat16 compute; model.size is a preset,
+         model.depth / hidden_size / num_heads / patch_size (0 = from size) override it.
   meanflow        MeanFlow (1-NFE) with the paper's CIFAR-10 recipe (Geng et al. 2025, and the
                   official PyTorch port's cifar10 script): batch 1024, Adam 6e-4, warmup 10k steps,
                   800k steps, dropout 0.2, EMA 0.99995 (as read from the paper; unverified against its
@@ -117,7 +118,9 @@ def get_config(variant=None):
   if variant in (None, ""):
     pass
   elif variant == "dit":
-    c.model = ml_collections.ConfigDict({"name": "dit", "size": "S/2", "dtype": "bfloat16"})
+    # `size` is a preset of (depth, hidden_size, num_heads, patch_size); a non-zero entry overrides it.
+    c.model = ml_collections.ConfigDict({"name": "dit", "size": "S/2", "depth": 0, "hidden_size": 0,
+                                         "num_heads": 0, "patch_size": 0, "dtype": "bfloat16"})
     c.train.grad_clip = 1.0
   elif variant == "meanflow":
     c.method = "meanflow"

@@ -249,7 +249,8 @@ def check(config) -> None:
   check_positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
                      "train.checkpoint_every", "train.keep_checkpoints"])
   check_positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
-  check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.rtol", "eval.atol", "eval.fid_num") if k in f])
+  check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.grid_steps", "eval.batch_size",
+                                 "eval.rtol", "eval.atol", "eval.fid_num") if k in f])
   check_positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
   if not 0 <= f["train.ema_decay"] < 1:
     raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")

@@ -28,7 +28,7 @@ from fm.train import checkpoint, partitioning, reflow, state as state_lib
 from fm.train.workdir import SOURCE_FILE, check_run, read_config, read_source_info, write_source_info
 
 __all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "head", "load", "compose", "model_kwargs", "data_options",
-           "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
+           "load_data", "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
            "SOURCE_FILE"]
 
 @dataclasses.dataclass(frozen=True)
@@ -196,11 +196,37 @@ def loss_fn(run: Run):
   return f
 
 
-def make_source(config: ml_collections.ConfigDict, workdir: str | None = None):
-  """`(source, teacher_step)`: the training data, or for reflow the teacher's pairs (made once, in `workdir`)."""
-  tc = config.train
+def load_data(config: ml_collections.ConfigDict):
+  """The config's training data `Source`, checked against the model; UserError (one sentence) if either
+  does not fit. The model is checked from one decoded example (`fm.data.example_shape`) before the data
+  is loaded, and again after: `fm train` calls this before the workdir is created or locked, so bad
+  data or a model that cannot take it leaves nothing behind."""
   name, options = data_options(config)
-  source = data.make(name, tc.batch_size, **options)
+  model = models.make(config.model.name, **model_kwargs(config))
+
+  def check(shape):
+    try:
+      models.check_shape(model, shape)
+    except ValueError as e:
+      raise UserError(f"bad config 'model' for data of shape {list(shape)}: {e}") from e
+  try:
+    shape = data.example_shape(name, **options)
+    if shape is not None:
+      check(shape)
+    source = data.make(name, config.train.batch_size, **options)
+  except UserError:
+    raise
+  except ValueError as e:
+    raise UserError(f"bad data ({name}): {e}") from e
+  check(source.shape)
+  return source
+
+
+def make_source(config: ml_collections.ConfigDict, workdir: str | None = None, loaded=None):
+  """`(source, teacher_step)`: the training data (`loaded`, or `load_data(config)`), or for reflow the
+  teacher's pairs (made once, in `workdir`)."""
+  tc = config.train
+  source = load_data(config) if loaded is None else loaded
   if not config.reflow.get("teacher"):
     return source, None
   from fm.data import pairs as pairs_lib  # pylint: disable=g-import-not-at-top
@@ -226,25 +252,40 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
 
   A config.json of the old shape is mapped to the new one. The parameters are
   restored replicated on every device of `mesh` (default: all devices of all
-  processes), whatever the device count of the training run.
+  processes), whatever the device count of the training run. The latest
+  checkpoint removed while it is read (a running `fm train` rotating its
+  checkpoints) is not an error: the newest that exists then is read.
   """
   latest = check_run(workdir)
-  step = latest if step is None else step
+  asked, step = step, latest if step is None else step
   if step not in checkpoint.all_steps(workdir):
     raise UserError(f"workdir {workdir!r} has no checkpoint at step {step}; "
                     f"saved steps: {', '.join(map(str, checkpoint.all_steps(workdir)))}")
   run = build(read_config(workdir), read_source_info(workdir)["shape"])
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   mesh = partitioning.make_mesh() if mesh is None else mesh
-  try:
-    state = ckpt.restore(partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh), step)
-  except Exception as e:  # pylint: disable=broad-except
-    others = [s for s in checkpoint.all_steps(workdir) if s != step]
-    hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise UserError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
-  finally:
-    ckpt.close()
+  abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
+  for _ in range(5):   # a running fm train may rotate the checkpoint away while it is read
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+    try:
+      state = ckpt.restore(abstract, step)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      steps = checkpoint.all_steps(workdir)
+      if step not in steps and steps:   # rotated away, not damaged
+        if asked is not None:
+          raise UserError(f"checkpoint {step} in {workdir!r} was removed while it was read (a running fm "
+                          f"train keeps only its newest); saved steps now: {', '.join(map(str, steps))}") from None
+        step = steps[-1]
+        continue
+      others = [s for s in steps if s != step]
+      hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+      raise UserError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
+    finally:
+      ckpt.close()
+  else:
+    raise UserError(f"the checkpoints in {workdir!r} were rotated away five times while being read; "
+                    f"pass --step, or wait for fm train to finish")
   return run, state.ema_params, step
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from fm.data.base import Source
 
-__all__ = ["Source", "NAMES", "KINDS", "make", "check", "split_options", "x0_sampler"]
+__all__ = ["Source", "NAMES", "KINDS", "make", "check", "identity", "example_shape", "split_options",
+           "x0_sampler"]
 
 _MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders: fm.data.folder
 NAMES = tuple(_MODULES)
@@ -47,6 +48,25 @@ def split_options(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def check(name: str, **options: Any) -> None:
   """ValueError (one sentence) unless `options` are valid for source `name`."""
   _module(name).check_options(**options)
+
+
+def identity(name: str, **options: Any) -> str | None:
+  """The content key (sha256) of the data the options name, without decoding it; None for generated data.
+
+  A module may define `identity(**options)`; generated sources (toys) have none.
+  """
+  module = _module(name)
+  return module.identity(**options) if hasattr(module, "identity") else None
+
+
+def example_shape(name: str, **options: Any) -> tuple[int, ...] | None:
+  """The shape of one example without loading the data, where a module can tell cheaply (else None).
+
+  A module may define `example_shape(**options)`; models are checked against it
+  before the data is loaded (`fm.recipe.load_data`).
+  """
+  module = _module(name)
+  return module.example_shape(**options) if hasattr(module, "example_shape") else None
 
 
 def make(name: str, batch_size: int, **options: Any) -> Source:

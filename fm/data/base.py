@@ -32,6 +32,9 @@ class Source:
       used to generate samples (N(0, I) for images).
     description: provenance for results files (dataset, path, content hash).
     kind: "points" (toys: scatter plots, W2) or "images" (grids, FID).
+    info: identity and load report kept in source.json: `sha256` (content key
+      of the data, None where there is none), `skipped` (undecodable files),
+      `converted` ({mode: count} of images converted to RGB).
   """
   name: str
   shape: tuple[int, ...]
@@ -40,3 +43,4 @@ class Source:
   sample_x0: Callable[[jax.Array, int], jax.Array]
   description: str
   kind: str = "points"
+  info: dict = dataclasses.field(default_factory=dict)

@@ -85,7 +85,7 @@ def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopr
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
             "sde_noise": noise if sde else -1.0,
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
-            "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"],
+            "seed": seed, "batch_size": info["batch_size"], "checkpoint_step": step, "success": info["success"],
             **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
   # every process sampled (its shards) and holds all samples; process 0 writes them

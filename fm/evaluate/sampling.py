@@ -26,7 +26,7 @@ from fm import heads, solvers
 from fm import recipe
 from fm.train import partitioning
 
-__all__ = ["generate", "sample", "initial_points", "noise_keys", "NOISE_STREAM"]
+__all__ = ["generate", "sample", "batch_size_for", "initial_points", "noise_keys", "NOISE_STREAM"]
 
 NOISE_STREAM = 0x5DE   # fold_in(key, NOISE_STREAM): the SDE noise stream, apart from the x0 stream
 
@@ -71,12 +71,26 @@ def noise_keys(key: jax.Array, start: int, count: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(stream, i))(start + jnp.arange(count))
 
 
+def batch_size_for(num: int, batch_size: int, devices: int = 1) -> int:
+  """The batch that splits `num` samples into `ceil(num / batch_size)` equal batches (the last one padded
+  by less than one per batch), rounded up to a multiple of `devices` when `batch_size` is one."""
+  batches = -(-num // batch_size)
+  size = -(-num // batches)
+  if batch_size % devices == 0:
+    size = -(-size // devices) * devices
+  return min(size, batch_size)
+
+
 def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_size: int,
            solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
            progress: bool = True, desc: str = "sampling", mesh=None,
            max_steps: int | None = None, noise: float = 0.0, path=None) -> tuple[np.ndarray, dict]:
   """`num` samples in batches; returns `(samples, info)` with per-batch and total NFE.
+
+  `num` is split into equal batches of at most `batch_size` (`batch_sizes`), so no
+  batch integrates samples nobody asked for (`--num 64` integrates 64, not 256)
+  and every batch has one shape (one compilation).
 
   `info`: `nfe_total`, `nfe_per_batch` (list), `batch_size`, `success` (every
   batch reached t = 1 within the solver's step limit), `failed_batches`.
@@ -85,6 +99,7 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
   `noise`, `path`: an SDE solver's diffusion scale and the run's path (`generate`).
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
+  batch_size = batch_size_for(num, batch_size, mesh.size)
   init = jax.jit(functools.partial(initial_points, sample_x0), static_argnums=(2,),
                  out_shardings=partitioning.sharding_for_batch(mesh, batch_size))
   key = np.asarray(key)
@@ -94,7 +109,7 @@ def sample(model, params, sample_x0: Callable, key: jax.Array, num: int, batch_s
                  dynamic_ncols=True) as bar:
     for start in range(0, num, batch_size):
       count = min(batch_size, num - start)
-      x0 = init(key, start, batch_size)  # full batches only: one compilation
+      x0 = init(key, start, batch_size)  # equal batches: one compilation
       keys = noise_keys(key, start, batch_size) if solver in solvers.SDE_SOLVERS else None
       x1, info = generate(model, params, x0, solver, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps,
                           noise=noise, path=path, keys=keys)

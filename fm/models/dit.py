@@ -125,7 +125,8 @@ class DiT(nn.Module):
 
   Attributes:
     size: one of `SIZES` ("S/2", "B/2", ...): depth, hidden size, heads and patch size.
-    depth, hidden_size, num_heads, patch_size: override the entries of `size` when set.
+    depth, hidden_size, num_heads, patch_size: override the entries of `size` when set
+      (None or 0: the preset's value).
     mlp_ratio: MLP width over hidden size (4 in DiT).
     num_classes: if set, the model is class-conditional and needs `y` `[B]` int labels
       in [0, num_classes]; label `num_classes` is the "no class" token (DiT's extra
@@ -158,8 +159,8 @@ class DiT(nn.Module):
       raise ValueError(f"unknown DiT size {self.size!r}; valid sizes: {', '.join(SIZES)}")
     for name in ("depth", "hidden_size", "num_heads", "patch_size"):
       v = getattr(self, name)
-      if v is not None and (not isinstance(v, int) or v < 1):
-        raise ValueError(f"DiT {name}={v!r} is invalid; valid: a positive integer or None (from size)")
+      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ValueError(f"DiT {name}={v!r} is invalid; valid: a positive integer, or 0 / None (from size)")
     d, n = self.config[1], self.config[2]
     if d % n or d % 4:
       raise ValueError(f"DiT hidden_size {d} is invalid; valid: multiples of num_heads ({n}) and of 4 "
@@ -181,7 +182,16 @@ class DiT(nn.Module):
     """`(depth, hidden_size, num_heads, patch_size)` after overrides."""
     base = SIZES[self.size]
     over = (self.depth, self.hidden_size, self.num_heads, self.patch_size)
-    return tuple(b if o is None else o for b, o in zip(base, over))
+    return tuple(b if not o else o for b, o in zip(base, over))
+
+  def check_shape(self, shape: tuple[int, ...]) -> None:
+    """ValueError unless images `[H, W, C]` of `shape` split into whole patches."""
+    p = self.config[3]
+    if len(shape) != 3:
+      raise ValueError(f"DiT takes images [H, W, C], got examples of shape {list(shape)}")
+    if shape[0] % p or shape[1] % p:
+      raise ValueError(f"image size {shape[0]}x{shape[1]} is not divisible by the DiT patch size {p}; "
+                       f"valid: a patch_size dividing both (e.g. {', '.join(str(q) for q in (1, 2, 4, 8) if not shape[0] % q and not shape[1] % q)})")
 
   @nn.compact
   def __call__(self, t, x, y=None, train: bool = False, t2=None):

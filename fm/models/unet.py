@@ -19,7 +19,9 @@ from flax import traverse_util
 
 from fm.models.layers import Conv, GroupNorm, timestep_embedding
 
-__all__ = ["UNet", "from_torch", "DEFAULT_CHANNEL_MULT"]
+__all__ = ["UNet", "from_torch", "DEFAULT_CHANNEL_MULT", "DTYPES"]
+
+DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (float64 would need x64 throughout)
 
 # TorchCFM's `channel_mult=None` defaults, keyed by image width.
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
@@ -205,8 +207,12 @@ class UNet(nn.Module):
       dt = jnp.dtype(self.dtype)
     except TypeError:
       dt = None
-    if dt is None or not jnp.issubdtype(dt, jnp.floating):
-      raise ValueError(f"dtype {self.dtype!r} is not a floating dtype; valid: float32, bfloat16, float16")
+    if dt is None or dt.name not in DTYPES:
+      raise ValueError(f"dtype {self.dtype!r} is not supported (parameters and data are float32); "
+                       f"valid: {', '.join(DTYPES)}")
+    if self.channel_mult is not None and not self.channel_mult:
+      raise ValueError("channel_mult=() has no level; valid: one multiplier per level, e.g. (1, 2, 2, 2), "
+                       "or None for TorchCFM's default")
     _parse_resolutions(self.attention_resolutions)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout {self.dropout!r} must lie in [0, 1)")
@@ -228,16 +234,50 @@ class UNet(nn.Module):
     if self.num_classes is not None and self.num_classes < 1:
       raise ValueError(f"num_classes {self.num_classes!r} must be a positive integer or None")
 
+  def check_shape(self, shape: tuple[int, ...]) -> None:
+    """ValueError unless images `[H, W, C]` of `shape` fit: the default channel_mult exists, every
+    level halves whole pixels, every attention resolution names a level, and heads divide channels."""
+    if len(shape) != 3:
+      raise ValueError(f"the UNet takes images [H, W, C], got examples of shape {list(shape)}")
+    height, width, _ = shape
+    mult = self._mult(width)
+    f = 2 ** (len(mult) - 1)
+    if height % f or width % f:
+      raise ValueError(f"image size {height}x{width} is not divisible by {f} = 2^({len(mult)} levels - 1) of "
+                       f"channel_mult {tuple(mult)}; valid: fewer levels or a size divisible by {f}")
+    levels = [width // 2 ** i for i in range(len(mult))]
+    res = _parse_resolutions(self.attention_resolutions)
+    ds = {width // r for r in res}
+    missing = [r for r in res if width // r not in {2 ** i for i in range(len(mult))}]
+    if missing:
+      raise ValueError(f"attention_resolutions {missing[0]} names no level of the network; the levels at "
+                       f"{height}x{width} are {', '.join(map(str, levels))}")
+    heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
+    for i, m in enumerate(mult):
+      ch = int(m * self.num_channels)
+      if 2 ** i in ds or i == len(mult) - 1:   # an attention level, or the middle block
+        self._heads(ch, self.num_heads)
+        self._heads(ch, heads_up)
+
+  def _mult(self, width: int) -> tuple:
+    if self.channel_mult is not None:
+      return self.channel_mult
+    if width not in DEFAULT_CHANNEL_MULT:
+      raise ValueError(f"no default channel_mult for image width {width}; give channel_mult or use a width in "
+                       f"{sorted(DEFAULT_CHANNEL_MULT)}")
+    return DEFAULT_CHANNEL_MULT[width]
+
   def _heads(self, ch, num_heads):
     if self.num_head_channels == -1:
       heads = num_heads
     elif ch % self.num_head_channels:
       raise ValueError(f"num_head_channels {self.num_head_channels} does not divide the {ch} channels of an "
-                       "attention level; pick a divisor or -1")
+                       f"attention level; valid: a divisor of {ch} or -1")
     else:
       heads = ch // self.num_head_channels
     if ch % heads:
-      raise ValueError(f"num_heads {heads} does not divide the {ch} channels of an attention level")
+      raise ValueError(f"num_heads {heads} does not divide the {ch} channels of an attention level; "
+                       f"valid: a divisor of {ch}")
     return heads
 
   @nn.compact
@@ -251,12 +291,7 @@ class UNet(nn.Module):
                        f"(second_time={self.second_time})")
     dt = jnp.dtype(self.dtype)
     b, height, width, c_in = x.shape
-    mult = self.channel_mult
-    if mult is None:
-      if width not in DEFAULT_CHANNEL_MULT:
-        raise ValueError(f"no default channel_mult for image width {width}; give channel_mult or use a width in "
-                         f"{sorted(DEFAULT_CHANNEL_MULT)}")
-      mult = DEFAULT_CHANNEL_MULT[width]
+    mult = self._mult(width)
     f = 2 ** (len(mult) - 1)
     if height % f or width % f:
       raise ValueError(f"image size {height}x{width} must be divisible by {f} for {len(mult)} levels")
