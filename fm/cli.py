@@ -64,6 +64,11 @@ def _train(args, overrides):
   result = experiment.train_and_evaluate(config, args.workdir)   # resolves (checks) the config first
   if isinstance(result, dict):
     print(json.dumps(result, indent=2))
+  import jax  # pylint: disable=g-import-not-at-top  (imported by the trainer)
+  if jax.process_index() == 0:
+    written = [n for n in ("checkpoints/", "metrics.jsonl", "history.jsonl", "eval.json", "samples/")
+               if os.path.exists(os.path.join(args.workdir, n.rstrip("/")))]
+    print(f"results in {args.workdir}: {', '.join(written)}")
 
 
 def _check_num(workdir: str, num: int, kind: str) -> None:
@@ -162,6 +167,24 @@ def _eval_guidance(args) -> list[float] | None:
   return scales if args.guidance_sweep is not None else None
 
 
+def _check_solver(args) -> None:
+  """--solver, --steps and --sde-noise agree (names from fm.solvers; SDEs default to --sde-noise 1)."""
+  from fm import solvers  # pylint: disable=g-import-not-at-top
+  if args.solver not in solvers.SAMPLERS:
+    raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
+  if args.solver not in solvers.ADAPTIVE and args.steps is None:
+    raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
+  if args.solver in solvers.ADAPTIVE and args.steps is not None:
+    raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  noise = getattr(args, "sde_noise", None)
+  if noise is not None and args.solver not in solvers.SDE_SOLVERS:
+    raise UsageError(f"--sde-noise is for the SDE solvers ({', '.join(solvers.SDE_SOLVERS)}), not {args.solver!r}")
+  if noise is not None and not (math.isfinite(noise) and noise >= 0):
+    raise UsageError(f"--sde-noise must be a finite number >= 0, got {noise}")
+  if args.solver in solvers.SDE_SOLVERS and noise is None:
+    args.sde_noise = 1.0
+
+
 def _sample(args, overrides):
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del overrides
@@ -169,12 +192,7 @@ def _sample(args, overrides):
   out = args.out or os.path.join(args.workdir, "samples.npz")
   _check_out(out)
   from fm import evaluate, solvers  # pylint: disable=g-import-not-at-top
-  if args.solver not in solvers.SOLVERS:
-    raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
-  if args.solver in solvers.FIXED_STEP and args.steps is None:
-    raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
-  if args.solver in solvers.ADAPTIVE and args.steps is not None:
-    raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  _check_solver(args)
   for name in ("num", "steps", "max_steps", "batch_size"):
     value = getattr(args, name)
     if value is not None and value <= 0:
@@ -192,7 +210,7 @@ def _sample(args, overrides):
       raise UsageError(f"--png-dir {args.png_dir!r} exists and is not a directory")
     workdir_lib.check_path(args.png_dir, what="--png-dir")
   kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
-                steps=args.steps, step=args.step, max_steps=args.max_steps)
+                steps=args.steps, step=args.step, max_steps=args.max_steps, sde_noise=args.sde_noise)
   kwargs.update(_conditioning(args, args.workdir, args.num))
   if kind == "images":
     kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
@@ -203,6 +221,11 @@ def _sample(args, overrides):
     print(f"fm: warning: {args.solver} stopped at --max-steps {args.max_steps} before reaching t = 1, so the "
           f"samples in {out} are not the flow's output (recorded as success=False); loosen --rtol/--atol "
           f"or raise --max-steps", file=sys.stderr)
+
+
+# `fm eval`'s default number of held-out images for bits/dim: a likelihood solve per image batch takes
+# seconds per image on a CPU, so 10000 would be hours there.
+BPD_NUM = {"accelerator": 10_000, "cpu": 1_000}
 
 
 def _eval(args, overrides):
@@ -217,14 +240,30 @@ def _eval(args, overrides):
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
       inception=args.inception, fid_batch_size=args.fid_batch_size, fid_preprocessing=args.fid_preprocessing,
-      fid_subsets=args.fid_subsets, bpd_num=args.bpd_num,
+      fid_subsets=args.fid_subsets, bpd_num=args.bpd_num or BPD_NUM["accelerator"],
       bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
-      guidance=args.guidance)
+      guidance=args.guidance, sde_noise=args.sde_noise)
   try:
-    runner.check(kind, opts, args.nfe_sweep)
+    if not args.nfe_sweep:
+      _check_solver(args)
+    names = runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
   scales = _eval_guidance(args)
+  if args.step is not None:   # before the note below: a bad step is the one line printed
+    from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
+    steps = checkpoint.all_steps(args.workdir)
+    if args.step not in steps:
+      raise UsageError(f"workdir {args.workdir!r} has no checkpoint at step {args.step}; "
+                       f"saved steps: {', '.join(map(str, steps))}")
+  if "bpd" in names and args.bpd_num is None:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    where = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    opts = dataclasses.replace(opts, bpd_num=BPD_NUM[where])
+    if where == "cpu":
+      print(f"fm eval: bits/dim on up to {BPD_NUM['cpu']} held-out images (the CPU default: each takes seconds "
+            f"here; {BPD_NUM['accelerator']} on a GPU/TPU), set --bpd-num to change it", file=sys.stderr)
   if scales:
     try:
       rows, paths, skipped = runner.guidance_sweep(args.workdir, scales, opts)
@@ -249,7 +288,7 @@ def _eval(args, overrides):
           f"{os.path.join(args.workdir, 'eval.jsonl')}")
     return
   results, skipped = runner.evaluate(args.workdir, opts)
-  if not results and skipped:
+  if not results and skipped:   # nothing that was asked for can be computed
     raise UsageError(f"nothing to evaluate: {' '.join(skipped.values())}")
   print(json.dumps(results, indent=2))
   for why in dict.fromkeys(skipped.values()):
@@ -372,16 +411,21 @@ def _parser() -> argparse.ArgumentParser:
   _add_distributed_flags(p)
   p.set_defaults(fn=_train)
 
-  p = sub.add_parser("sample", help="sample a trained run with an ODE solver",
+  p = sub.add_parser("sample", help="sample a trained run with an ODE or SDE solver (or MeanFlow's jumps)",
                      description="Sample the EMA model of a run's checkpoint; writes OUT (.npz: samples, "
                                  "nfe, solver settings, seed, success) and beside it the same name with .png "
                                  "in place of .npz (WORKDIR/samples.png by default): a scatter plot (toy runs) "
                                  "or an 8x8 grid of the first 64 images (image runs).")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
+  p.add_argument("--solver", default="dopri5",
+                 help="one of fm.solvers.SAMPLERS: ODE (euler, midpoint, heun, rk4, dopri5), SDE (euler_maruyama, "
+                      "stochastic_heun) or meanflow (default dopri5)")
   p.add_argument("--rtol", type=float, default=1e-5)
   p.add_argument("--atol", type=float, default=1e-5)
-  p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")
+  p.add_argument("--steps", type=int, default=None, help="steps for fixed-step, SDE and meanflow solvers")
+  p.add_argument("--sde-noise", type=float, default=None,
+                 help="SDE solvers: diffusion scale a (g = a sigma for sf2m, a s_t for a Gaussian-path flow; "
+                      "0 = the ODE; default 1)")
   p.add_argument("--max-steps", type=int, default=4096,
                  help="dopri5: most attempted steps; a solve that hits it is reported (default 4096)")
   p.add_argument("--num", type=int, default=1000)
@@ -412,7 +456,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--num", type=int, default=None, help="generated samples (default 50000 for images, "
                                                         "eval.num_samples for toys)")
   p.add_argument("--seed", type=int, default=None, help="noise / held-out seed (default eval.seed)")
-  p.add_argument("--solver", default="dopri5", help="one of fm.solvers.SOLVERS (default dopri5)")
+  p.add_argument("--solver", default="dopri5",
+                 help="one of fm.solvers.SAMPLERS (default dopri5); SDE solvers and meanflow serve w2 and fid")
+  p.add_argument("--sde-noise", type=float, default=None,
+                 help="SDE solvers: diffusion scale a (g = a sigma for sf2m, a s_t for a Gaussian-path flow; default 1)")
   p.add_argument("--rtol", type=float, default=None, help="dopri5 (default eval.rtol)")
   p.add_argument("--atol", type=float, default=None, help="dopri5 (default eval.atol)")
   p.add_argument("--steps", type=int, default=None, help="steps for fixed-step solvers")
@@ -428,7 +475,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "legacy_tensorflow; default) | pytorch-fid")
   p.add_argument("--fid-subsets", type=int, default=5, help="FID spread over this many disjoint subsets of the "
                                                             "samples (default 5; 0 = none)")
-  p.add_argument("--bpd-num", type=int, default=10000, help="held-out images for bits/dim (default 10000)")
+  p.add_argument("--bpd-num", type=int, default=None,
+                 help=f"held-out images for bits/dim (default {BPD_NUM['accelerator']} on a GPU/TPU, "
+                      f"{BPD_NUM['cpu']} on a CPU, where each takes seconds)")
   p.add_argument("--bpd-batch-size", type=int, default=64, help="images per likelihood solve (default 64)")
   p.add_argument("--divergence", default=None, help="exact | hutchinson (default: hutchinson for images, "
                                                      "exact for toys)")
@@ -480,10 +529,27 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+# JAX platform -> the package that provides it (cpu is built in).
+_PLATFORM_PACKAGES = {"cuda": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "rocm": ("jax_rocm60_plugin",
+                      "jax_rocm7_plugin"), "tpu": ("libtpu",)}
+
+
+def _no_backend(e: RuntimeError) -> str:
+  """One sentence for a JAX_PLATFORMS (or jax_platforms) that names no platform this machine has."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  here = ["cpu"] + [p for p, mods in _PLATFORM_PACKAGES.items()
+                    if any(importlib.util.find_spec(m) is not None for m in mods)]
+  asked = os.environ.get("JAX_PLATFORMS", "")
+  first = str(e).split(". (set")[0].split("\n")[0][:200]
+  return (f"JAX_PLATFORMS={asked!r} names no platform JAX can start here ({first}); the platforms installed "
+          f"here are: {', '.join(here)}; set JAX_PLATFORMS to one of them or unset it")
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("fm").setLevel(logging.INFO)
+  args = None
   try:
     args, extra = _parser().parse_known_args(argv)
     if getattr(args, "workdir", None) == "":
@@ -503,6 +569,19 @@ def main(argv: list[str] | None = None) -> int:
     print("fm: interrupted by Ctrl-C (re-running the same command resumes or redoes the work)", file=sys.stderr)
     return 130
   except Exception as e:  # pylint: disable=broad-except
+    from fm.io import disk  # pylint: disable=g-import-not-at-top
+    if isinstance(e, disk.DiskFull) or disk.is_full(e):
+      if not isinstance(e, disk.DiskFull):   # a write outside the places that say what they wrote
+        named = [x.filename for x in disk.chain(e) if isinstance(x, OSError) and x.filename]
+        path = next((p for p in (*named, getattr(args, "out", None), getattr(args, "png_dir", None),
+                                 getattr(args, "workdir", None)) if p), os.getcwd())
+        e = disk.DiskFull(os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else path,
+                          f"fm {getattr(args, 'command', '')} was writing")
+      print(f"fm: error: {e}", file=sys.stderr)
+      return 1
+    if isinstance(e, RuntimeError) and "Unable to initialize backend" in str(e):
+      print(f"fm: error: {_no_backend(e)}", file=sys.stderr)
+      return 2
     from fm import train  # pylint: disable=g-import-not-at-top
     if isinstance(e, train.Preempted):
       print(f"fm: {e}", file=sys.stderr)

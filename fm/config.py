@@ -31,7 +31,7 @@ __all__ = ["ConfigError", "load", "apply_overrides", "to_dict", "from_dict", "fl
            "canonical", "check", "check_positive", "SECTIONS", "ALIASES", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw")
-SECTIONS = ("coupling", "path", "time")   # open component sections: {name, ...that component's options}
+SECTIONS = ("coupling", "path", "time", "loss")   # open component sections: {name, ...that component's options}
 # Old top-level keys (still accepted as overrides) -> their place in the sections.
 ALIASES = {"sigma": "path.sigma", "time_sampler": "time.name"}
 SCHEDULES = ("constant", "cosine")
@@ -212,7 +212,8 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
   preset = methods.PRESETS.get(d.get("method"))
   if preset is None:
     return d
-  for section, default in (("coupling", preset.coupling), ("path", preset.path), ("time", preset.time)):
+  for section, default in (("coupling", preset.coupling), ("path", preset.path), ("time", preset.time),
+                           ("loss", preset.loss)):
     if d[section].get("name") is None:
       d[section]["name"] = default
   if d["path"].get("sigma") is None:
@@ -254,7 +255,8 @@ def check(config) -> None:
   check_positive(f, ["train.steps", "train.batch_size", "train.lr", "train.steps_per_call", "train.log_every",
                      "train.checkpoint_every", "train.keep_checkpoints"])
   check_positive(f, ["train.warmup_steps", "train.grad_clip", "train.weight_decay"], allow_zero=True)
-  check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.rtol", "eval.atol", "eval.fid_num") if k in f])
+  check_positive(f, [k for k in ("eval.num_samples", "eval.euler_steps", "eval.grid_steps", "eval.batch_size",
+                                 "eval.rtol", "eval.atol", "eval.fid_num") if k in f])
   check_positive(f, [k for k in ("eval.every",) if k in f], allow_zero=True)
   if not 0 <= f["train.ema_decay"] < 1:
     raise ConfigError(f"bad value {f['train.ema_decay']!r} for config key 'train.ema_decay': must be in [0, 1)")
@@ -265,6 +267,6 @@ def check(config) -> None:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
       raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma': must be a number >= 0 or none "
                         f"(the method's default)")
-    if d["method"] == "rf" and sigma != 0:
-      raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma' (sigma): method 'rf' has sigma = 0, "
-                        f"use 'icfm' for sigma > 0")
+    if d["method"] in ("rf", "meanflow") and sigma != 0:   # fm.methods.FIXED_SIGMA (no import here)
+      raise ConfigError(f"bad value {sigma!r} for config key 'path.sigma' (sigma): method {d['method']!r} has "
+                        f"sigma = 0, use 'icfm' for sigma > 0")

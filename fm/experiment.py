@@ -32,11 +32,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
   return loop.prepare(config, workdir)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains a resolved, prepared config inside the workdir lock; returns `(state, start step)`."""
+def _train(config: ml_collections.ConfigDict, workdir: str, loaded):
+  """Trains a resolved, prepared config inside the workdir lock on the `loaded` data; returns
+  `(state, start step)`."""
   from fm import evaluate, recipe  # pylint: disable=g-import-not-at-top
   from fm.train import loop, partitioning  # pylint: disable=g-import-not-at-top
-  source, teacher_step = recipe.make_source(config, workdir)
+  source, teacher_step = recipe.make_source(config, workdir, loaded)
   # Data parallelism (fm.train.partitioning): batch sharded over every device, state replicated.
   mesh = partitioning.make_mesh()
   run = recipe.build(config, source.shape, mesh=mesh)
@@ -48,10 +49,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
 def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains to `config.train.steps` (resuming from the workdir); returns the final `TrainState`."""
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from fm import recipe  # pylint: disable=g-import-not-at-top
   config = prepare(config, workdir)
+  loaded = recipe.load_data(config)   # data and model checks before the workdir is created or locked
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.lock(workdir):
-    return _train(config, workdir)[0]
+    return _train(config, workdir, loaded)[0]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -62,11 +65,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """
   config = prepare(config, workdir)
   import jax  # pylint: disable=g-import-not-at-top
-  from fm import evaluate  # pylint: disable=g-import-not-at-top
+  from fm import evaluate, recipe  # pylint: disable=g-import-not-at-top
   from fm.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  loaded = recipe.load_data(config)   # data and model checks before the workdir is created or locked
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.lock(workdir):
-    state, start = _train(config, workdir)
+    state, start = _train(config, workdir, loaded)
     if not config.eval.get("at_end", True):
       return state
     if start >= config.train.steps:

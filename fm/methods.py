@@ -14,10 +14,14 @@ otcfm    exact minibatch OT                     linear(sigma)              0.1
 sbcfm    entropic OT, epsilon = 2 sigma^2       sb(sigma) Brownian bridge  1.0
 fm       independent (x0 ~ N(0, I))             lipman(sigma_min=sigma)    1e-4
 vp       independent                            vp(sigma)                  0.1
+sf2m     entropic OT, epsilon = 2 sigma^2       sb(sigma) Brownian bridge  1.0
+meanflow independent                            linear(0)                  0 (fixed)
 =======  =====================================  =========================  =============
 
 The loss is the mean over all elements of (v_theta(t, x_t) - u_t)^2, as in TorchCFM,
-so loss values are comparable across codebases.
+so loss values are comparable across codebases; a preset's `loss` replaces it with
+another objective on the coupled pairs (`fm.losses`): sf2m trains a flow and a score
+head (`fm.sf2m`), meanflow an average velocity (`fm.meanflow`).
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fm import couplings, paths, timesteps
+from fm import couplings, losses, paths, timesteps
 
-__all__ = ["Method", "Preset", "PRESETS", "compose", "make", "make_path", "NAMES", "DEFAULT_SIGMA"]
+__all__ = ["Method", "Preset", "PRESETS", "FIXED_SIGMA", "compose", "make", "make_path", "NAMES", "DEFAULT_SIGMA"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Preset:
   path: str
   sigma: float
   time: str = "uniform"
+  loss: str = "cfm"
 
 
 PRESETS = {
@@ -48,7 +53,10 @@ PRESETS = {
     "sbcfm": Preset("sb", "sb", 1.0),
     "fm": Preset("independent", "lipman", 1e-4),
     "vp": Preset("independent", "vp", 0.1),
+    "sf2m": Preset("sb", "sb", 1.0, loss="sf2m"),
+    "meanflow": Preset("independent", "linear", 0.0, loss="meanflow"),
 }
+FIXED_SIGMA = ("rf", "meanflow")   # presets whose path has sigma = 0 and takes no other
 NAMES = tuple(PRESETS)
 DEFAULT_SIGMA = {name: p.sigma for name, p in PRESETS.items()}
 
@@ -60,6 +68,7 @@ class Method:
   coupling: Callable
   path: paths.Path
   time_sampler: Callable
+  objective: Callable | None = None   # `objective(apply_fn, params, key, x0, x1)` on coupled pairs; None: CFM
 
   def loss(self, apply_fn, params, key, x0, x1, y1=None, **extras):
     """CFM loss on one batch.
@@ -84,6 +93,12 @@ class Method:
     x0, (x1, y1) = couplings.apply(i0, i1, x0, (x1, y1))
     if y1 is not None:
       extras = {**extras, "y": y1}
+    if self.objective is not None:
+      def apply_pairs(p, t, x, t2=None):   # an objective's 4th argument is the second time t2
+        return apply_fn(p, t, x, **({} if t2 is None else {"t2": t2}), **extras)
+      loss, aux = self.objective(apply_pairs, params,
+                                 jax.random.fold_in(k_t, 1), x0, x1)
+      return loss, {**aux, **info}
     t = self.time_sampler(k_t, x0.shape[0], x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t, u_t = self.path.interpolate(x0, x1, t, eps)
@@ -97,9 +112,10 @@ def make_path(name: str, sigma: float | None) -> paths.Path:
   return paths.make(name, **({"sigma_min": sigma} if name == "lipman" else {"sigma": sigma}))
 
 
-def compose(coupling: Callable, path: paths.Path, time_sampler: Callable, name: str = "custom") -> Method:
-  """A method from its three components (`fm.recipe.build` assembles them from a config)."""
-  return Method(name=name, coupling=coupling, path=path, time_sampler=time_sampler)
+def compose(coupling: Callable, path: paths.Path, time_sampler: Callable, name: str = "custom",
+            objective: Callable | None = None) -> Method:
+  """A method from its components (`fm.recipe.build` assembles them from a config); objective: `fm.losses`."""
+  return Method(name=name, coupling=coupling, path=path, time_sampler=time_sampler, objective=objective)
 
 
 def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
@@ -120,10 +136,12 @@ def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
   if name not in PRESETS:
     raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(NAMES)}")
   preset = PRESETS[name]
-  if name == "rf" and sigma not in (None, 0, 0.0):
-    raise ValueError(f"method 'rf' (rectified flow) has sigma = 0, got sigma={sigma!r}; use 'icfm' for sigma > 0")
+  if name in FIXED_SIGMA and sigma not in (None, 0, 0.0):
+    raise ValueError(f"method {name!r} has sigma = 0, got sigma={sigma!r}; use 'icfm' for sigma > 0")
   sigma = preset.sigma if sigma is None else sigma
   if preset.coupling == "sb":
     coupling_kwargs = {"sigma": sigma, **coupling_kwargs}
-  return compose(couplings.make(preset.coupling, mesh=mesh, **coupling_kwargs), make_path(preset.path, sigma),
-                 timesteps.make(time_sampler, **(time_kwargs or {})), name=name)
+  path = make_path(preset.path, sigma)
+  sampler = timesteps.make(time_sampler, **(time_kwargs or {}))
+  return compose(couplings.make(preset.coupling, mesh=mesh, **coupling_kwargs), path, sampler, name=name,
+                 objective=losses.make(preset.loss, path, sampler))

@@ -22,14 +22,14 @@ import ml_collections
 import optax
 
 from fm import config as config_lib
-from fm import couplings, data, guidance, methods, models, paths, solvers, timesteps
+from fm import couplings, data, guidance, heads, losses, methods, models, paths, solvers, timesteps
 from fm.errors import UserError
 from fm.train import checkpoint, partitioning, reflow, state as state_lib
 from fm.train.workdir import SOURCE_FILE, check_run, read_config, read_source_info, write_source_info
 
-__all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "load", "compose", "model_kwargs", "data_options",
+__all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "head", "load", "compose", "model_kwargs", "data_options",
            "num_classes", "cond_settings",
-           "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
+           "load_data", "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
            "SOURCE_FILE"]
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +51,21 @@ def _hashable(v):
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The model's options: `config.model` without `name` (lists made tuples, so the module hashes)."""
-  return {k: _hashable(v) for k, v in config_lib.to_dict(config.model).items() if k != "name"}
+  """The model's options: `config.model` without `name` (lists made tuples, so the module hashes), plus
+  what the loss's head needs (`fm.heads`: `outputs=2` for sf2m, `second_time=True` for meanflow)."""
+  options = {k: _hashable(v) for k, v in config_lib.to_dict(config.model).items() if k != "name"}
+  for key, value in head(config).model_options.items():
+    if options.get(key, value) != value:
+      raise UserError(f"bad value {options[key]!r} for config key 'model.{key}': loss "
+                      f"{config.loss.name!r} needs {key}={value!r} (set by the method)")
+    options[key] = value
+  return options
+
+
+def head(config: ml_collections.ConfigDict) -> heads.Head:
+  """What the network of a canonical config outputs, from its loss (`fm.losses.HEADS`)."""
+  loss = config.get("loss", {}).get("name") or "cfm"
+  return heads.make(losses.HEADS.get(loss, "velocity"))
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
@@ -81,6 +94,7 @@ def compose(d: dict[str, Any], mesh=None) -> methods.Method:
   coupling_name, coupling_options = _options(d, "coupling")
   path_name, path_options = _options(d, "path")
   time_name, time_options = _options(d, "time")
+  loss_name, loss_options = _options(d, "loss")
   extra = sorted(set(path_options) - {"sigma"})
   if extra:
     raise UserError(f"config key 'path.{extra[0]}' is not an option of path {path_name!r}; the path section "
@@ -98,7 +112,11 @@ def compose(d: dict[str, Any], mesh=None) -> methods.Method:
       if isinstance(e, UserError):
         raise
       raise UserError(f"bad config {key!r}: {e}") from e
-  return methods.compose(pieces["coupling"], pieces["path"], pieces["time"], name=d["method"])
+  try:
+    objective = losses.make(loss_name, pieces["path"], pieces["time"], **loss_options)
+  except (ValueError, TypeError) as e:
+    raise UserError(f"bad config 'loss': {e}") from e
+  return methods.compose(pieces["coupling"], pieces["path"], pieces["time"], name=d["method"], objective=objective)
 
 
 def _choice(key, value, choices):
@@ -127,7 +145,8 @@ def resolve(config) -> ml_collections.ConfigDict:
   f = config_lib.flatten(d)
   _choice("method", f["method"], methods.NAMES)
   d = config_lib.canonical(d)
-  for section, names in (("coupling", couplings.NAMES), ("path", paths.NAMES), ("time", timesteps.NAMES)):
+  for section, names in (("coupling", couplings.NAMES), ("path", paths.NAMES), ("time", timesteps.NAMES),
+                         ("loss", losses.NAMES)):
     _choice(f"{section}.name", d[section]["name"], names)
   config = config_lib.from_dict(d)
   name, options = data_options(config)
@@ -176,7 +195,8 @@ def build(config, shape: tuple[int, ...] = (2,), mesh=None) -> Run:
   labels = {"y": jnp.zeros((1,), jnp.int32)} if num_classes(config) else {}
 
   def init_fn(key):
-    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), **labels)
+    extra = {"t2": jnp.zeros((1,))} if head(config).kind == "average_velocity" else {}
+    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), **labels, **extra)
 
   return Run(config, shape, model, method, optimizer,
              lambda: state_lib.create(init_fn, optimizer, config.seed))
@@ -196,7 +216,9 @@ def loss_fn(run: Run):
   def f(params, key, x0, x1, y1=None, **extras):
     k_dropout = jax.random.fold_in(key, 0xD0)
 
-    def apply_fn(p, t, x, **model_extras):
+    def apply_fn(p, t, x, t2=None, **model_extras):   # t2: MeanFlow's interval (second time), else None
+      if t2 is not None:
+        model_extras["t2"] = t2
       if "y" in model_extras:
         y = guidance.drop_labels(jax.random.fold_in(key, 0xC1), model_extras["y"], classes, drop_prob)
         model_extras = {**model_extras, "y": y}
@@ -205,16 +227,37 @@ def loss_fn(run: Run):
   return f
 
 
-def make_source(config: ml_collections.ConfigDict, workdir: str | None = None):
-  """`(source, teacher_step)`: the training data, or for reflow the teacher's pairs (made once, in `workdir`)."""
-  tc = config.train
+def load_data(config: ml_collections.ConfigDict):
+  """The config's training data `Source`, checked against the model; UserError (one sentence) if either
+  does not fit. The model is checked from one decoded example (`fm.data.example_shape`) before the data
+  is loaded, and again after: `fm train` calls this before the workdir is created or locked, so bad
+  data or a model that cannot take it leaves nothing behind."""
   name, options = data_options(config)
+  model = models.make(config.model.name, **model_kwargs(config))
+
+  def check(shape):
+    try:
+      models.check_shape(model, shape)
+    except ValueError as e:
+      raise UserError(f"bad config 'model' for data of shape {list(shape)}: {e}") from e
   try:
-    source = data.make(name, tc.batch_size, num_classes=num_classes(config), **options)
-  except ValueError as e:   # e.g. a conditional run on images without labels, found once they are listed
-    if isinstance(e, UserError):
-      raise
-    raise UserError(f"bad config 'data': {e}") from e
+    shape = data.example_shape(name, **options)
+    if shape is not None:
+      check(shape)
+    source = data.make(name, config.train.batch_size, num_classes=num_classes(config), **options)
+  except UserError:
+    raise
+  except ValueError as e:
+    raise UserError(f"bad data ({name}): {e}") from e
+  check(source.shape)
+  return source
+
+
+def make_source(config: ml_collections.ConfigDict, workdir: str | None = None, loaded=None):
+  """`(source, teacher_step)`: the training data (`loaded`, or `load_data(config)`), or for reflow the
+  teacher's pairs (made once, in `workdir`)."""
+  tc = config.train
+  source = load_data(config) if loaded is None else loaded
   if not config.reflow.get("teacher"):
     return source, None
   from fm.data import pairs as pairs_lib  # pylint: disable=g-import-not-at-top
@@ -240,31 +283,48 @@ def load(workdir: str, step: int | None = None, mesh=None) -> tuple[Run, Any, in
 
   A config.json of the old shape is mapped to the new one. The parameters are
   restored replicated on every device of `mesh` (default: all devices of all
-  processes), whatever the device count of the training run.
+  processes), whatever the device count of the training run. The latest
+  checkpoint removed while it is read (a running `fm train` rotating its
+  checkpoints) is not an error: the newest that exists then is read.
   """
   latest = check_run(workdir)
-  step = latest if step is None else step
+  asked, step = step, latest if step is None else step
   if step not in checkpoint.all_steps(workdir):
     raise UserError(f"workdir {workdir!r} has no checkpoint at step {step}; "
                     f"saved steps: {', '.join(map(str, checkpoint.all_steps(workdir)))}")
   run = build(read_config(workdir), read_source_info(workdir)["shape"])
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   mesh = partitioning.make_mesh() if mesh is None else mesh
-  try:
-    state = ckpt.restore(partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh), step)
-  except Exception as e:  # pylint: disable=broad-except
-    others = [s for s in checkpoint.all_steps(workdir) if s != step]
-    hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise UserError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
-  finally:
-    ckpt.close()
+  abstract = partitioning.abstract_replicated(jax.eval_shape(run.init_state), mesh)
+  for _ in range(5):   # a running fm train may rotate the checkpoint away while it is read
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+    try:
+      state = ckpt.restore(abstract, step)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      steps = checkpoint.all_steps(workdir)
+      if step not in steps and steps:   # rotated away, not damaged
+        if asked is not None:
+          raise UserError(f"checkpoint {step} in {workdir!r} was removed while it was read (a running fm "
+                          f"train keeps only its newest); saved steps now: {', '.join(map(str, steps))}") from None
+        step = steps[-1]
+        continue
+      others = [s for s in steps if s != step]
+      hint = f"; pass --step with one of the other saved steps: {', '.join(map(str, others))}" if others else ""
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+      raise UserError(f"checkpoint {step} in {workdir!r} cannot be read ({first}){hint}") from None
+    finally:
+      ckpt.close()
+  else:
+    raise UserError(f"the checkpoints in {workdir!r} were rotated away five times while being read; "
+                    f"pass --step, or wait for fm train to finish")
   return run, state.ema_params, step
 
 
 def velocity(model, params, **model_extras) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout); extras go to `model.apply`."""
-  def v(t, x):
-    return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x, **model_extras)
-  return v
+  """`v(t, x)` with scalar t, as the solvers expect (deterministic: no dropout); extras go to `model.apply`.
+
+  The model's head (`fm.heads.for_model`) says how: an SF2M network's flow half, a MeanFlow
+  network's instantaneous velocity u(x, t, t).
+  """
+  return heads.for_model(model).velocity(model, params, **model_extras)
 

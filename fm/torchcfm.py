@@ -75,15 +75,26 @@ def import_checkpoint(path: str, config: ml_collections.ConfigDict, workdir: str
                         opt_state=run.optimizer.init(params))
   config.train.steps = max(step, 1)
 
-  os.makedirs(workdir, exist_ok=True)
-  files.write_json(os.path.join(workdir, "config.json"), config_lib.to_dict(config), sort_keys=True)
-  sha = _sha256(path)
-  recipe.write_source_info(workdir, Source(
-      name="images", shape=tuple(image_shape), batch_fn=None, data=None, sample_x0=None, kind="images",
-      description=f"imported TorchCFM checkpoint {os.path.basename(path)} (sha256 {sha[:16]}); "
-                  f"trained by TorchCFM on its CIFAR-10 data"))
-  ckpt = checkpoint.Checkpointer(workdir)
-  ckpt.save(step, state)
-  ckpt.close()
+  # Atomic: everything is written to a hidden temporary workdir beside the target, which is renamed
+  # into place when complete; a failed import removes it, and a killed one leaves no workdir behind.
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  parent = os.path.dirname(os.path.abspath(workdir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(workdir))}.importing-", dir=parent)
+  try:
+    files.write_json(os.path.join(tmp, "config.json"), config_lib.to_dict(config), sort_keys=True)
+    sha = _sha256(path)
+    recipe.write_source_info(tmp, Source(
+        name="images", shape=tuple(image_shape), batch_fn=None, data=None, sample_x0=None, kind="images",
+        description=f"imported TorchCFM checkpoint {os.path.basename(path)} (sha256 {sha[:16]}); "
+                    f"trained by TorchCFM on its CIFAR-10 data"))
+    ckpt = checkpoint.Checkpointer(tmp)
+    ckpt.save(step, state)
+    ckpt.close()
+    os.rename(tmp, workdir)   # replaces an empty directory; fails (nothing moved) if one appeared meanwhile
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
   n_params = int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(params)))
   return {"workdir": workdir, "step": step, "params": n_params, "sha256": sha}

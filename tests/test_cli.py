@@ -168,3 +168,28 @@ def test_help_and_early_errors_do_not_import_jax(argv):
   res = subprocess.run([PYTHON, "-c", code, *argv], capture_output=True, text=True, env=subprocess_env())
   assert res.stdout.strip().endswith("NO-JAX"), (res.stdout[-300:], res.stderr[-300:])
   assert not os.path.exists("/tmp/fm-never")
+
+
+def test_jax_platforms_without_that_platform_is_one_sentence(tmp_path):
+  """JAX_PLATFORMS=gpu on a machine without one: exit 2, one sentence naming the platforms there are."""
+  env = subprocess_env()
+  env["JAX_PLATFORMS"] = "gpu"
+  res = subprocess.run([PYTHON, "-m", "fm", "train", "--config", SMOKE, "--workdir", str(tmp_path / "w"),
+                        *cli_args()], env=env, capture_output=True, text=True, timeout=300)
+  try:
+    import jax_cuda12_plugin  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    pytest.skip("this machine has the CUDA plugin")
+  except ImportError:
+    pass
+  assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+  assert "JAX_PLATFORMS='gpu'" in res.stderr and "installed here are: cpu" in res.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_train_says_where_results_went(tmp_path, capsys, trained_run):  # noqa: F811
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  code, out, _ = _main(capsys, ["train", "--config", SMOKE, *cli_args(), "--workdir", workdir])
+  assert code == 0
+  assert out.splitlines()[-1] == f"results in {workdir}: checkpoints/, metrics.jsonl, history.jsonl, eval.json"

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 import pytest
 
 from fm import cli
@@ -114,6 +116,146 @@ def _as_conditional(d, run):
   return out
 
 
+# --- image data and image models -----------------------------------------------------------------
+
+CIFAR = os.path.join(os.path.dirname(CONFIG), "cifar10.py")
+
+
+def _png(path, size=(16, 16), mode="RGB", seed=0):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path)
+
+
+def _images(d, run, sizes=((16, 16),) * 4):
+  """IMGS: an image folder train/{cat,dog}/*.png (16x16 unless `sizes` says otherwise)."""
+  del run
+  root = os.path.join(d, "imgs")
+  for i, size in enumerate(sizes):
+    _png(os.path.join(root, "train", ("cat", "dog")[i % 2], f"{i}.png"), size, seed=i)
+  return {"IMGS": root}
+
+
+def _mixed_sizes(d, run):
+  return _images(d, run, sizes=((16, 16), (16, 16), (16, 16), (8, 16)))
+
+
+def _tarball(d, run):
+  out = _images(d, run)
+  import tarfile  # pylint: disable=g-import-not-at-top
+  path = os.path.join(d, "imgs.tar.gz")
+  with tarfile.open(path, "w:gz") as tf:
+    tf.add(out["IMGS"], arcname="imgs")
+  return {"TGZ": path}
+
+
+def _cut_tarball(d, run):
+  out = _tarball(d, run)
+  with open(out["TGZ"], "rb") as f:
+    data = f.read()
+  with open(out["TGZ"], "wb") as f:
+    f.write(data[:len(data) // 2])
+  return out
+
+
+def _junk_file(name, data):
+  def scene(d, run):
+    del run
+    path = os.path.join(d, name)
+    with open(path, "wb") as f:
+      f.write(data)
+    return {"JUNK": path}
+  return scene
+
+
+def _empty_folder(d, run):
+  del run
+  os.makedirs(os.path.join(d, "empty"))
+  return {"IMGS": os.path.join(d, "empty")}
+
+
+def _not_images(d, run):
+  del run
+  os.makedirs(os.path.join(d, "txt", "train"))
+  with open(os.path.join(d, "txt", "train", "notes.txt"), "w") as f:
+    f.write("not an image\n")
+  return {"IMGS": os.path.join(d, "txt")}
+
+
+def _undecodable(d, run):
+  """Files named .png that are text: none can be decoded."""
+  del run
+  root = os.path.join(d, "bad")
+  os.makedirs(os.path.join(root, "train"))
+  for i in range(3):
+    with open(os.path.join(root, "train", f"{i}.png"), "w") as f:
+      f.write("not a png\n")
+  return {"IMGS": root}
+
+
+def _cache_is_file(d, run):
+  out = _images(d, run)
+  path = os.path.join(d, "cache-file")
+  with open(path, "w") as f:
+    f.write("a file, not a folder\n")
+  return {**out, "$FM_CACHE": path}
+
+
+def _changed_data(d, run):
+  """RUN: an image run's workdir (config.json, source.json) whose data at IMGS has since changed."""
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  out = _images(d, run)
+  config = config_lib.apply_overrides(config_lib.load(CIFAR + ":smoke"), [("data.path", out["IMGS"])])
+  os.makedirs(os.path.join(d, "run"))
+  with open(os.path.join(d, "run", "config.json"), "w") as f:
+    json.dump(config_lib.to_dict(config), f)
+  with open(os.path.join(d, "run", "source.json"), "w") as f:
+    json.dump({"name": "images", "shape": [16, 16, 3], "kind": "images", "description": "images",
+               "sha256": "0" * 64}, f)
+  return {**out, "RUN": os.path.join(d, "run")}
+
+
+IMG = ["train", "--config", CIFAR + ":smoke", "--workdir", "NEW", "--config.train.steps=2"]
+IMG_CASES = [
+    ("images-tarball-random-bytes", _junk_file("x.tar.gz", os.urandom(3000)),
+     [*IMG, "--config.data.path=JUNK"], "x.tar.gz' is not a complete, readable tarball"),
+    ("images-tarball-is-text", _junk_file("x.tar", b"hello\n" * 200), [*IMG, "--config.data.path=JUNK"],
+     "x.tar' is not a complete, readable tarball"),
+    ("images-tarball-cut-short", _cut_tarball, [*IMG, "--config.data.path=TGZ"], "imgs.tar.gz' is not a complete, readable tarball"),
+    ("images-not-a-tarball", _junk_file("x.zip", b"PK"), [*IMG, "--config.data.path=JUNK"],
+     "neither a directory nor a tarball"),
+    ("images-empty-folder", _empty_folder, [*IMG, "--config.data.path=IMGS"], "no .png/.jpg/.jpeg images found"),
+    ("images-folder-of-text", _not_images, [*IMG, "--config.data.path=IMGS"], "no .png/.jpg/.jpeg images found"),
+    ("images-none-decodable", _undecodable, [*IMG, "--config.data.path=IMGS"],
+     "none of the 3 images in"),
+    ("images-mixed-sizes", _mixed_sizes, [*IMG, "--config.data.path=IMGS"], "all images must have one size"),
+    ("images-split-missing", _images, [*IMG, "--config.data.path=IMGS", "--config.data.split=validation"],
+     "split 'validation' not found"),
+    ("images-size-not-dividing", _images, [*IMG, "--config.data.path=IMGS", "--config.data.image_size=5"],
+     "image_size=5 needs square images whose side it divides"),
+    ("images-cache-is-a-file", _cache_is_file, [*IMG, "--config.data.path=IMGS"], "cache-file' is a file"),
+    ("images-data-changed", _changed_data, [*IMG[:3], "--workdir", "RUN", "--config.train.steps=2",
+                                            "--config.data.path=IMGS"], "is not the data this run trained on"),
+    ("unet-channel-mult-empty", _images, [*IMG, "--config.data.path=IMGS", "--config.model.channel_mult=()"],
+     "channel_mult=() has no level"),
+    ("unet-head-channels-not-dividing", _images, [*IMG, "--config.data.path=IMGS",
+                                                  "--config.model.num_head_channels=24"],
+     "num_head_channels 24 does not divide the 64 channels"),
+    ("unet-size-not-divisible", _images, [*IMG, "--config.data.path=IMGS", "--config.model.channel_mult=(1,1,1,1,1,1)"],
+     "not divisible by 32 = 2^(6 levels - 1)"),
+    ("unet-attention-no-level", _images, [*IMG, "--config.data.path=IMGS",
+                                          "--config.model.attention_resolutions=(64,)"],
+     "levels at 16x16 are 16, 8"),
+    ("unet-float64", _images, [*IMG, "--config.data.path=IMGS", "--config.model.dtype=float64"],
+     "'float64' is not supported"),
+    ("dit-patch-not-dividing", _images, ["train", "--config", CIFAR + ":dit", "--workdir", "NEW",
+                                         "--config.data.path=IMGS", "--config.model.patch_size=3"],
+     "not divisible by the DiT patch size 3"),
+    ("eval-grid-steps-0", _images, [*IMG, "--config.data.path=IMGS", "--config.eval.grid_steps=0"],
+     "eval.grid_steps"),
+]
+
 TRAIN = ["train", "--config", SMOKE, *cli_args()]
 CASES = [
     # (id, scene, argv, expected in the message)
@@ -143,6 +285,15 @@ CASES = [
     ("sample-tolerances-0", _run, ["sample", "--workdir", "RUN", "--rtol", "0", "--atol", "0"], "rtol"),
     ("sample-atol-inf", _run, ["sample", "--workdir", "RUN", "--atol", "inf"], "atol"),
     ("sample-max-steps-0", _run, ["sample", "--workdir", "RUN", "--max-steps", "0"], "--max-steps"),
+    ("sample-sde-no-steps", _run, ["sample", "--workdir", "RUN", "--solver", "euler_maruyama"], "pass --steps N"),
+    ("sample-sde-noise-negative", _run, ["sample", "--workdir", "RUN", "--solver", "euler_maruyama", "--steps", "5",
+                                         "--sde-noise", "-1"], "--sde-noise must be a finite number >= 0"),
+    ("sample-sde-noise-with-ode", _run, ["sample", "--workdir", "RUN", "--sde-noise", "1"],
+     "--sde-noise is for the SDE solvers"),
+    ("sample-sde-coupled-run", _run, ["sample", "--workdir", "RUN", "--solver", "stochastic_heun", "--steps", "5"],
+     "derives the score from the velocity, which needs x0 ~ N(0, I)"),
+    ("sample-meanflow-on-a-flow", _run, ["sample", "--workdir", "RUN", "--solver", "meanflow", "--steps", "1"],
+     "needs a MeanFlow run"),
     ("sample-workdir-empty", _run, ["sample", "--workdir", ""], "must not be empty"),
     ("sample-workdir-is-file", _file, ["sample", "--workdir", "FILE"], "is a file"),
     ("sample-out-dir-missing", _run, ["sample", "--workdir", "RUN", "--out", NOT_WRITABLE + "/s.npz"],
@@ -187,13 +338,23 @@ CASES = [
                                     "--grid", "seed=1"], "given twice"),
     ("sweep-grid-bad-value", _run, ["sweep", "--config", SMOKE, "--workdir", "NEW", "--grid", "method=icfm,nope"],
      "nope"),
-]
+    ("eval-nfe-sweep-fraction", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "euler:1.5,2"],
+     "'1.5' is not a positive whole number; euler takes whole step counts"),
+] + IMG_CASES
+
+
+@pytest.fixture(autouse=True)
+def _image_cache(tmp_path_factory, monkeypatch):
+  """Image caches go outside the scene (the scene must stay untouched)."""
+  monkeypatch.setenv("FM_CACHE", str(tmp_path_factory.getbasetemp() / "fm-cache"))
 
 
 @pytest.mark.parametrize("name,scene,argv,match", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(name, scene, argv, match, tmp_path, capsys, trained_run):  # noqa: F811
+def test_bad_input(name, scene, argv, match, tmp_path, capsys, monkeypatch, trained_run):  # noqa: F811
   del name
   paths = scene(str(tmp_path), trained_run)
+  for key in [k for k in paths if k.startswith("$")]:
+    monkeypatch.setenv(key[1:], paths.pop(key))
   paths["NEW"] = str(tmp_path / "new")
   argv = [_fill(a, paths) for a in argv]
   before = _files(str(tmp_path))
@@ -214,8 +375,9 @@ def _fill(arg, paths):
 
 
 def test_table_size():
-  """The count reported for issue 6 (besides the older cases in test_cli.py), plus issue 14's 12."""
-  assert len(CASES) == 36 + 12
+  """The count reported for issue 6 (36), issue 16 (+20), the SDE / MeanFlow samplers of issue 15 (+5)
+  and issue 14's class-conditional flags (+12)."""
+  assert len(CASES) == 36 + 1 + len(IMG_CASES) + 5 + 12 == 73
 
 
 def test_second_train_in_a_workdir_is_locked_out(tmp_path, capsys, trained_run):  # noqa: F811

@@ -34,7 +34,10 @@ EXPECTED = {
     "sbcfm": (couplings.SB(sigma=1.0), paths.BrownianBridge(sigma=1.0)),
     "fm": (couplings.Independent(), paths.Lipman(sigma_min=1e-4)),
     "vp": (couplings.Independent(), paths.VariancePreserving(sigma=0.1)),
+    "sf2m": (couplings.SB(sigma=1.0), paths.BrownianBridge(sigma=1.0)),
+    "meanflow": (couplings.Independent(), paths.Linear(sigma=0.0)),
 }
+EXPECTED_LOSS = {"sf2m": "sf2m", "meanflow": "meanflow"}   # the others: cfm
 
 
 def test_user_error_is_config_error():
@@ -49,6 +52,7 @@ def test_a_preset_fills_in_what_is_unset(name):
   assert config.coupling.to_dict() == {"name": preset.coupling}
   assert config.path.to_dict() == {"name": preset.path, "sigma": preset.sigma}
   assert config.time.to_dict() == {"name": "uniform"}
+  assert config.loss.to_dict() == {"name": EXPECTED_LOSS.get(name, "cfm")}
   method = recipe.build(config).method
   assert (method.coupling, method.path, method.time_sampler) == (coupling, path, timesteps.Uniform())
 

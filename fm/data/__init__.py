@@ -19,7 +19,8 @@ from typing import Any
 
 from fm.data.base import Source
 
-__all__ = ["Source", "NAMES", "KINDS", "make", "check", "split_options", "x0_sampler"]
+__all__ = ["Source", "NAMES", "KINDS", "make", "check", "identity", "example_shape", "split_options",
+           "x0_sampler"]
 
 _MODULES = {"toy": "fm.data.toys", "images": "fm.data.images"}  # image folders: fm.data.folder
 NAMES = tuple(_MODULES)
@@ -53,6 +54,25 @@ def check(name: str, num_classes: int = 0, **options: Any) -> None:
   also check that the data have that many classes.
   """
   _module(name).check_options(num_classes=num_classes, **options)
+
+
+def identity(name: str, **options: Any) -> str | None:
+  """The content key (sha256) of the data the options name, without decoding it; None for generated data.
+
+  A module may define `identity(**options)`; generated sources (toys) have none.
+  """
+  module = _module(name)
+  return module.identity(**options) if hasattr(module, "identity") else None
+
+
+def example_shape(name: str, **options: Any) -> tuple[int, ...] | None:
+  """The shape of one example without loading the data, where a module can tell cheaply (else None).
+
+  A module may define `example_shape(**options)`; models are checked against it
+  before the data is loaded (`fm.recipe.load_data`).
+  """
+  module = _module(name)
+  return module.example_shape(**options) if hasattr(module, "example_shape") else None
 
 
 def make(name: str, batch_size: int, num_classes: int = 0, **options: Any) -> Source:

@@ -38,6 +38,9 @@ class Source:
     class_probs: the frequency of each class in the training data (what
       conditional sampling draws labels from), or None.
     labelled: whether `batch_fn` returns the labels `y1` too (conditional runs).
+    info: identity and load report kept in source.json: `sha256` (content key
+      of the data, None where there is none), `skipped` (undecodable files),
+      `converted` ({mode: count} of images converted to RGB).
   """
   name: str
   shape: tuple[int, ...]
@@ -49,3 +52,4 @@ class Source:
   classes: tuple[str, ...] | None = None
   class_probs: tuple[float, ...] | None = None
   labelled: bool = False
+  info: dict = dataclasses.field(default_factory=dict)

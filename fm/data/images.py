@@ -8,7 +8,9 @@ data needs no TensorFlow; downloading does, and a network).
 
 Decoded arrays are cached as `.npy` under `cache_dir` (default
 `$FM_CACHE/images`, `FM_CACHE` defaulting to `~/.cache/fm`), keyed by the
-source's content and the split, limit and image_size. The content key of a
+source's content and the split, limit and image_size. An entry's json (written
+last) holds the size and sha256 of its `.npy` files; an entry that does not
+match (cut short, edited) is rebuilt with a one-line notice. The content key of a
 file is the sha256 of its bytes; of a directory, the sha256 over the sorted
 (relative path, size, mtime_ns) of its image files, so any ordinary rewrite
 of an image changes it (an edit that keeps both size and mtime would not).
@@ -23,6 +25,7 @@ import glob
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import threading
 import urllib.error
@@ -37,14 +40,26 @@ from fm.data import folder
 from fm.data.base import Source
 from fm.io import files
 
-__all__ = ["check_options", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
+__all__ = ["check_options", "identity", "example_shape", "check_cache_dir", "make_source", "load", "source", "image_batches", "downscale", "to_float", "to_uint8",
            "default_cache_dir"]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2   # 2: the json holds the files' size and sha256 and the decode report
+log = logging.getLogger("fm")
 
 
 def default_cache_dir() -> str:
   return os.path.join(os.environ.get("FM_CACHE", os.path.expanduser("~/.cache/fm")), "images")
+
+
+def check_cache_dir(cache_dir: str) -> None:
+  """ValueError (one sentence) if `cache_dir`, or a folder above it, is a file: nothing could be cached."""
+  d = os.path.abspath(os.path.expanduser(cache_dir))
+  while d and not os.path.exists(d):
+    d = os.path.dirname(d)
+  if d and not os.path.isdir(d):
+    env = " (from FM_CACHE)" if os.environ.get("FM_CACHE") and cache_dir == default_cache_dir() else ""
+    raise ValueError(f"image cache folder {cache_dir!r}{env} cannot be created: {d!r} is a file; "
+                     f"point FM_CACHE at a directory")
 
 
 # k / 127.5 - 1 in IEEE float32 for k = 0..255. A table, because XLA may turn the
@@ -66,6 +81,12 @@ def to_uint8(x):
   return xp.round(xp.clip((x + 1.0) * 127.5, 0, 255)).astype(xp.uint8)
 
 
+def _check_downscale(h: int, w: int, size: int) -> None:
+  if size <= 0 or h % size or w % size or h // size != w // size:
+    raise ValueError(f"image_size={size} needs square images whose side it divides, but these "
+                     f"are {h}x{w} (HxW); use a divisor of the side or no image_size")
+
+
 def downscale(arr: np.ndarray, size: int) -> np.ndarray:
   """Box-filter `[N, H, W, C]` uint8 down to `[N, size, size, C]`.
 
@@ -73,9 +94,7 @@ def downscale(arr: np.ndarray, size: int) -> np.ndarray:
   be a whole number), rounded half up in integer arithmetic.
   """
   n, h, w, c = arr.shape
-  if size <= 0 or h % size or w % size or h // size != w // size:
-    raise ValueError(f"image_size={size} needs square images whose side it divides, but these "
-                     f"are {h}x{w} (HxW); use a divisor of the side or no image_size")
+  _check_downscale(h, w, size)
   f = h // size
   if f == 1:
     return arr
@@ -167,10 +186,59 @@ def _cache_paths(cache_dir: str, key: str):
   return stem + ".images.npy", stem + ".labels.npy", stem + ".json"
 
 
-def _atomic_write(path: str, write) -> None:
+def _atomic_write(path: str, write) -> dict:
+  """Writes `path` atomically through `fm.io.files`; returns its `{"size", "sha256"}`."""
   # The cache is per host (each host of a multi-process run keeps its own copy): every process may write.
   with files.atomic(path, per_process=True) as f:
     write(f)
+  return _stamp(path)
+
+
+def _stamp(path: str) -> dict:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def _read_cache(f_img: str, f_lab: str, f_meta: str):
+  """`(arr, labels, classes, report)` of a complete, verified cache entry; None to (re)build it.
+
+  An entry whose files do not match the sizes and sha256 in its json is rebuilt
+  with a one-line notice (a cut-short copy, a full disk, an edit).
+  """
+  if not os.path.exists(f_meta):   # written last: its absence means no entry (or an unfinished one)
+    return None
+  try:
+    with open(f_meta) as f:
+      meta = json.load(f)
+    for name, path in (("images", f_img), ("labels", f_lab)):
+      want = meta["files"].get(name)
+      if want is None:
+        continue
+      if not os.path.exists(path) or os.path.getsize(path) != want["size"]:
+        raise ValueError(f"{os.path.basename(path)} has {os.path.getsize(path) if os.path.exists(path) else 0} "
+                         f"bytes, not {want['size']}")
+      if _stamp(path)["sha256"] != want["sha256"]:
+        raise ValueError(f"{os.path.basename(path)} does not match its sha256")
+    arr = np.load(f_img)
+    labels = np.load(f_lab) if "labels" in meta["files"] else None
+    return arr, labels, meta["classes"], meta["report"]
+  except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+    log.warning("notice: image cache entry %s is damaged (%s); rebuilding it", f_meta, e)
+    return None
+
+
+def _report(report: dict, where: str, n: int) -> None:
+  """One line for the images skipped and one for the images converted to RGB (if any)."""
+  if report["skipped"]:
+    log.warning("warning: %d image(s) of %s cannot be decoded and were skipped (first: %s), %d used; "
+                "recorded in source.json", len(report["skipped"]), where, report["skipped"][0], n)
+  if report["converted"]:
+    modes = ", ".join(f"{k} {v}" for k, v in sorted(report["converted"].items()))
+    log.info("note: %d image(s) of %s were converted to RGB (%s; alpha dropped); recorded in source.json",
+             sum(report["converted"].values()), where, modes)
 
 
 def _check_options(path, dataset, split, image_size, limit):
@@ -220,26 +288,27 @@ def load(path: str | None = None, dataset: str | None = None, split: str = "trai
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
   cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
   f_img, f_lab, f_meta = _cache_paths(cache_dir, key)
-  if os.path.exists(f_meta):   # written last: its presence means the entry is complete
-    with open(f_meta) as f:
-      classes = json.load(f)["classes"]
-    arr = np.load(f_img)
-    labels = np.load(f_lab) if os.path.exists(f_lab) else None
+  check_cache_dir(cache_dir)
+  entry = _read_cache(f_img, f_lab, f_meta)
+  if entry is not None:
+    arr, labels, classes, report = entry
     cached = True
   else:
     if builder is None:
-      arr, labels, classes = folder.read(path, split, limit)
+      arr, labels, classes, report = folder.read(path, split, limit)
     else:
       arr, labels, classes = _read_tfds(builder, split, limit)
+      report = {"skipped": [], "converted": {}}
     if image_size is not None:
       arr = downscale(arr, image_size)
     os.makedirs(cache_dir, exist_ok=True)
-    _atomic_write(f_img, lambda f: np.save(f, arr))
+    stamps = {"images": _atomic_write(f_img, lambda f: np.save(f, arr))}
     if labels is not None:
-      _atomic_write(f_lab, lambda f: np.save(f, labels))
-    info = json.dumps(dict(spec=spec, classes=classes, shape=arr.shape), indent=1)
+      stamps["labels"] = _atomic_write(f_lab, lambda f: np.save(f, labels))
+    info = json.dumps(dict(spec=spec, classes=classes, shape=arr.shape, files=stamps, report=report), indent=1)
     _atomic_write(f_meta, lambda f: f.write(info.encode()))
     cached = False
+  _report(report, where, len(arr))
   n, h, w, _ = arr.shape
   desc = f"images {where} split={split} N={n} {h}x{w}"
   if classes is not None:
@@ -250,8 +319,10 @@ def load(path: str | None = None, dataset: str | None = None, split: str = "trai
     desc += f" limit={limit}"
   if sha is not None:   # a directory's hash is over its listing (see the module docstring)
     desc += f" {'listing_sha256' if os.path.isdir(path) else 'sha256'}={sha}"
+  if report["skipped"]:
+    desc += f" skipped_unreadable={len(report['skipped'])}"
   return arr, dict(description=desc, sha=sha, key=key, labels=labels, classes=classes,
-                   cached=cached)
+                   cached=cached, skipped=report["skipped"], converted=report["converted"])
 
 
 # ----------------------------------------------------------------------------- source
@@ -318,7 +389,9 @@ def source(path: str | None = None, dataset: str | None = None, split: str = "tr
   return Source(name="images", shape=shape, batch_fn=image_batches(batch_size, hflip, labelled=bool(num_classes)),
                 data=data, sample_x0=sample_x0, description=meta["description"], kind="images",
                 classes=None if classes is None else tuple(classes), class_probs=probs,
-                labelled=bool(num_classes))
+                labelled=bool(num_classes),
+                info={"sha256": meta["sha"], "num_images": int(arr.shape[0]), "skipped": meta["skipped"],
+                      "converted": meta["converted"]})
 
 
 # ----------------------------------------------------------------------------- registry
@@ -335,6 +408,24 @@ def _from_config(path="", dataset="", split="train", hflip=True, image_size=0, l
                      f"(e.g. ../shared/data/cifar10-jpeg.tar.gz), or data.path='' and data.dataset=cifar10")
   return dict(path=path or None, dataset=None if path else (dataset or None), split=split,
               image_size=image_size or None, limit=limit or None), hflip
+
+
+def example_shape(**options) -> tuple[int, ...] | None:
+  """The shape of one example `(H, W, 3)` without loading the data (one image decoded); None if unknown."""
+  kwargs, _ = _from_config(**options)
+  if kwargs["path"] is None:
+    return None
+  shape = folder.first_shape(kwargs["path"])
+  if shape is None or kwargs["image_size"] is None:
+    return shape
+  _check_downscale(shape[0], shape[1], kwargs["image_size"])
+  return (kwargs["image_size"], kwargs["image_size"], shape[2])
+
+
+def identity(**options) -> str | None:
+  """The content key of the configured data (`folder.content_sha` of data.path), None for tfds."""
+  kwargs, _ = _from_config(**options)
+  return folder.content_sha(kwargs["path"]) if kwargs["path"] else None
 
 
 def check_options(num_classes: int = 0, **options) -> None:

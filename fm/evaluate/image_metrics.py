@@ -39,17 +39,19 @@ def missing_weights(path: str | os.PathLike) -> str:
 def features_of_run(run: recipe.Run, params, sample_x0, inception: dict, *, num: int, seed: int, solver: str,
                     rtol: float, atol: float, steps: int | None, batch_size: int = 256, fid_batch_size: int = 50,
                     preprocessing: str = fid.DEFAULT_PREPROCESSING, progress: bool = True,
-                    labels: np.ndarray | None = None, guidance: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
+                    labels: np.ndarray | None = None, guidance: float = 1.0, noise: float = 0.0,
+                    path=None) -> tuple[np.ndarray, dict[str, Any]]:
   """Pool3 features `[num, 2048]` of `num` generated images and the sampling's NFE and settings.
 
   A conditional run samples image i with label `labels[i]` (`[num]`, e.g. drawn
   from the training label distribution) at scale `guidance`; the settings add
-  `guidance` and `network_passes` (mean per batch).
+  `guidance` and `network_passes` (mean per batch). `noise`, `path`: an SDE
+  solver's diffusion scale and the run's path.
   """
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
                                   solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8,
                                   progress=progress, desc=f"FID samples ({solver})", labels=labels,
-                                  guidance=guidance)
+                                  guidance=guidance, noise=noise, path=path)
   feats = fid.inception_features(inception, samples, batch_size=fid_batch_size, preprocessing=preprocessing)
   nfe = info["nfe_per_batch"]
   out = {"nfe": float(np.mean(nfe)), "nfe_total": info["nfe_total"], "num_samples": num,

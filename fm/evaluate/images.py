@@ -84,25 +84,26 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 64
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    batch_size: int = 256, png_dir: str | None = None, step: int | None = None,
                    max_steps: int | None = None, progress: bool = True, classes=None,
-                   guidance: float | None = None) -> dict[str, Any]:
+                   guidance: float | None = None, sde_noise: float | None = None) -> dict[str, Any]:
   """Samples checkpoint `step` (default: the latest) of an image run; see `sample_run`."""
   run, params, step = recipe.load(workdir, step)
   return sample_run(run, params, step, out, solver, num=num, seed=seed, rtol=rtol, atol=atol, steps=steps,
                     batch_size=batch_size, png_dir=png_dir, max_steps=max_steps, progress=progress,
-                    classes=classes, guidance=guidance, source_info=recipe.read_source_info(workdir))
+                    classes=classes, guidance=guidance, source_info=recipe.read_source_info(workdir),
+                    sde_noise=sde_noise)
 
 
 def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopri5", num: int = 64,
                seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                batch_size: int = 256, png_dir: str | None = None, max_steps: int | None = None,
                progress: bool = True, classes=None, guidance: float | None = None,
-               source_info: dict | None = None) -> dict[str, Any]:
+               source_info: dict | None = None, sde_noise: float | None = None) -> dict[str, Any]:
   """Samples an image run into `out` (.npz) and an 8x8 grid `out.png`; optional one PNG per image.
 
   The npz holds `samples` uint8 `[num, H, W, C]`, `nfe_total`, `nfe_per_batch`,
   `solver`, `rtol`, `atol`, `steps`, `seed`, `batch_size`, `checkpoint_step`,
-  `success` (False if any dopri5 batch hit its step limit). Sample i starts
-  from the noise of key `fold_in(PRNGKey(seed), i)` (`sampling.sample`).
+  `success` (False if any dopri5 batch hit its step limit), `sde_noise` (-1 unless an SDE solver).
+  Sample i starts from the noise of key `fold_in(PRNGKey(seed), i)` (`sampling.sample`).
 
   A conditional run (its `source_info`: the workdir's source.json) also records
   `labels` `[num]`, `classes` (names), `guidance` and `network_passes_total`:
@@ -110,6 +111,11 @@ def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopr
   one labelled row per class) or else drawn from the training label
   distribution; `guidance` defaults to the run's `cond.guidance`.
   """
+  from fm import solvers  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import toy  # pylint: disable=g-import-not-at-top
+  toy.check_sampler(run, solver, "gaussian")   # image runs start from N(0, I)
+  sde = solver in solvers.SDE_SOLVERS
+  noise = (1.0 if sde_noise is None else float(sde_noise)) if sde else 0.0
   sample_x0 = recipe.x0_sampler(run.config, run.shape)
   labels, extra = None, {}
   if run.model.num_classes:
@@ -123,12 +129,13 @@ def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopr
       run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
       solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8, progress=progress,
       desc=f"sampling ({solver})", max_steps=max_steps, labels=labels,
-      guidance=1.0 if guidance is None else guidance)
+      guidance=1.0 if guidance is None else guidance, noise=noise, path=run.method.path if sde else None)
   if labels is not None:
     extra["network_passes_total"] = info["network_passes_total"]
   record = {"samples": samples, "nfe_total": info["nfe_total"], "nfe_per_batch": np.asarray(info["nfe_per_batch"]),
+            "sde_noise": noise if sde else -1.0,
             "solver": solver, "rtol": rtol, "atol": atol, "steps": -1 if steps is None else steps,
-            "seed": seed, "batch_size": batch_size, "checkpoint_step": step, "success": info["success"],
+            "seed": seed, "batch_size": info["batch_size"], "checkpoint_step": step, "success": info["success"],
             **extra, **provenance.npz_fields()}
   png = os.path.splitext(out)[0] + ".png"
   # every process sampled (its shards) and holds all samples; process 0 writes them

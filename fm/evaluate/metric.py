@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar
 from fm import recipe
 from fm.evaluate import fid
 
-__all__ = ["Options", "Context", "Metric"]
+__all__ = ["Options", "Context", "Metric", "SAMPLE_METRICS", "sde_kwargs"]
 
 _DEFAULT_DIVERGENCE = {"images": "hutchinson", "points": "exact"}
 
@@ -57,6 +57,20 @@ class Options:
   num_probes: int = 1
   progress: bool = True
   guidance: float | None = None   # conditional runs: None = the run's cond.guidance
+  sde_noise: float | None = None   # SDE solvers: the diffusion scale (None: 1)
+
+
+SAMPLE_METRICS = ("w2", "fid")   # metrics of samples alone: any sampler (ODE, SDE, MeanFlow) serves them
+
+
+def sde_kwargs(ctx, solver: str, source: str) -> dict[str, Any]:
+  """`{noise, path}` for an SDE solver (after `fm.evaluate.toy.check_sampler`), else {}."""
+  from fm import solvers  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import toy  # pylint: disable=g-import-not-at-top
+  toy.check_sampler(ctx.run, solver, source)
+  if solver not in solvers.SDE_SOLVERS:
+    return {}
+  return {"noise": 1.0 if ctx.opts.sde_noise is None else float(ctx.opts.sde_noise), "path": ctx.run.method.path}
 
 
 class Context:

@@ -28,13 +28,15 @@ def parse(spec: str) -> tuple[str, list[float | int]]:
                      f"then steps, or tolerances for dopri5), got {spec!r}")
   out = []
   for text in values.split(","):
+    adaptive = solver in solvers.ADAPTIVE
     try:
-      v = float(text) if solver in solvers.ADAPTIVE else int(text)
+      v = float(text) if adaptive else int(text)
     except ValueError:
       v = 0
-    if v <= 0:
-      kind = "tolerances" if solver in solvers.ADAPTIVE else "step counts"
-      raise ValueError(f"--nfe-sweep {spec!r}: {text!r} is not a positive number; {solver} takes {kind}")
+    if v <= 0 or v != v or v == float("inf"):
+      what = "a positive number" if adaptive else "a positive whole number"
+      kind = "tolerances such as 1e-3" if adaptive else "whole step counts such as 1,2,5"
+      raise ValueError(f"--nfe-sweep {spec!r}: {text!r} is not {what}; {solver} takes {kind}")
     out.append(v)
   if len(set(out)) != len(out):
     raise ValueError(f"--nfe-sweep {spec!r} repeats a value")

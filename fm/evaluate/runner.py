@@ -31,7 +31,7 @@ from typing import Any
 
 from fm import likelihood, provenance, solvers
 from fm.evaluate import conditional, nfe_sweep, records, registry
-from fm.evaluate.metric import Context, Options
+from fm.evaluate.metric import SAMPLE_METRICS, Context, Options
 from fm.io import files
 from fm import recipe
 
@@ -49,10 +49,14 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
   if sweep_spec:
     nfe_sweep.parse(sweep_spec)
   else:
-    if opts.solver not in solvers.SOLVERS:
-      raise ValueError(f"--solver: invalid choice {opts.solver!r}; valid solvers: {', '.join(solvers.SOLVERS)}")
-    if opts.solver in solvers.FIXED_STEP and opts.steps is None:
+    if opts.solver not in solvers.SAMPLERS:
+      raise ValueError(f"--solver: invalid choice {opts.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
+    if opts.solver not in solvers.ADAPTIVE and opts.steps is None:
       raise ValueError(f"solver {opts.solver!r} is fixed-step: pass --steps N")
+    ode_only = [m for m in metrics if m not in SAMPLE_METRICS]
+    if opts.solver not in solvers.SOLVERS and ode_only:
+      raise ValueError(f"metric {ode_only[0]!r} needs an ODE solver ({', '.join(solvers.SOLVERS)}), not "
+                       f"{opts.solver!r}; sample-based metrics: {', '.join(SAMPLE_METRICS)}")
     if opts.solver in solvers.ADAPTIVE and opts.steps is not None:
       raise ValueError(f"solver {opts.solver!r} is adaptive: use --rtol/--atol, not --steps")
   for name in ("num", "steps", "batch_size", "fid_batch_size", "bpd_num", "bpd_batch_size", "num_probes"):

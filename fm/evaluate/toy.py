@@ -132,17 +132,23 @@ def _solver_kwargs(solver, rtol, atol, steps):
 
 
 def w2_at(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver: str = "dopri5",
-          rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, guidance: float = 1.0) -> dict:
+          rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, guidance: float = 1.0,
+          noise: float = 0.0, path=None) -> dict:
   """W2(samples, held-out target) and the NFE of one solver setting (the samples of `evaluate`).
 
   A conditional run also gets `class_metrics` (per-class W2, mode accuracy) at scale `guidance`.
+  SDE solvers (`noise`, the run's `path`) draw sample i's noise from `sampling.noise_keys(k_src, 0, n)[i]`.
   """
+  from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
   source, target = toys.parse_task(task)
   k_src, k_tgt = eval_keys(seed)
   x0 = np.asarray(toys.sample(source, k_src, num_samples))
   y, labels = _held_out(model, target, k_tgt, num_samples)
+  sde = {}
+  if solver in solvers.SDE_SOLVERS:
+    sde = dict(noise=float(noise), path=path, keys=sampling.noise_keys(k_src, 0, num_samples))
   x1, info = generate(model, params, _sharded(x0, params), solver, **_solver_kwargs(solver, rtol, atol, steps),
-                      **_cond(params, labels, guidance))
+                      **_cond(params, labels, guidance), **sde)
   x1, info = partitioning.to_host((x1, info))
   return {"value": float(_w2(x1, y)), "nfe": int(info["nfe"]), "num_samples": num_samples,
           "success": bool(info.get("success", True)),
@@ -211,25 +217,41 @@ def nll(model, params, task: str, num_samples: int = 1000, seed: int = 0, solver
           "num_probes": None if divergence == "exact" else int(num_probes), "source_density": source}
 
 
+def check_sampler(run, solver: str, source: str) -> None:
+  """ConfigError (one sentence) unless `solver` can sample this run (`fm.heads.check_sampler`)."""
+  from fm import heads  # pylint: disable=g-import-not-at-top
+  from fm.errors import UserError  # pylint: disable=g-import-not-at-top
+  coupling = run.config.coupling.name
+  if run.config.get("reflow", {}).get("teacher"):
+    coupling = "teacher pairs (reflow)"
+  try:
+    heads.check_sampler(heads.for_model(run.model), solver, coupling, run.method.path, source)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+
+
 def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 1000, seed: int = 0,
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    step: int | None = None, max_steps: int | None = None, classes=None,
-                   guidance: float | None = None, **unused) -> dict:
+                   guidance: float | None = None, sde_noise: float | None = None, **unused) -> dict:
   """Samples a run into `out` (.npz) and a scatter plot beside it (`out` with .png for .npz).
 
   The npz holds `samples` `[num, 2]`, `nfe`, `solver`, `rtol`, `atol`, `steps`,
   `seed`, `checkpoint_step`, `max_steps`, `success` (False if dopri5 stopped
   at `max_steps` before t = 1: the samples are then not the flow's output) and
-  `provenance_*` (fm version and commit, JAX version, device). A conditional
-  run also records `labels` `[num]`, `guidance` and `network_passes`: the
+  `provenance_*` (fm version and commit, JAX version, device), and `sde_noise` (-1 for
+  non-SDE solvers). SDE noise: sample i draws from `sampling.noise_keys(PRNGKey(seed), 0, num)[i]`.
+  A conditional run also records `labels` `[num]`, `guidance` and `network_passes`: the
   labels are `classes` (a list: an equal share of each, see
   `fm.evaluate.conditional.class_labels`) or else drawn from the training label
   distribution; `guidance` defaults to the run's `cond.guidance`.
   """
   from fm.evaluate import plots  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import sampling  # pylint: disable=g-import-not-at-top
   del unused
   run, params, step = recipe.load(workdir, step)
   source, target = toys.parse_task(run.config.data.task)
+  check_sampler(run, solver, source)
   x0 = np.asarray(toys.sample(source, jax.random.PRNGKey(seed), num))
   labels, extra = None, {}
   if run.model.num_classes:
@@ -239,14 +261,18 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
     else:
       probs = recipe.read_source_info(workdir)["class_probs"]
       labels = conditional.training_labels(conditional.label_key(seed), num, probs)
+  sde = solver in solvers.SDE_SOLVERS
+  keys = sampling.noise_keys(jax.random.PRNGKey(seed), 0, num) if sde else None
   x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps,
-                      max_steps=max_steps, **_cond(params, labels, guidance))
+                      max_steps=max_steps, noise=float(sde_noise if sde_noise is not None else 1.0) if sde else 0.0,
+                      path=run.method.path if sde else None, keys=keys, **_cond(params, labels, guidance))
   x1, info = partitioning.to_host((x1, info))
-  success = bool(info["success"])
+  success = bool(info.get("success", True))
   if labels is not None:
     extra = {"labels": labels, "guidance": float(guidance), "network_passes": int(info["network_passes"]),
              "classes": np.asarray(recipe.read_source_info(workdir)["classes"])}
   record = {"samples": x1, "nfe": int(info["nfe"]), "solver": solver, "rtol": rtol,
+            "sde_noise": float(sde_noise) if sde and sde_noise is not None else (1.0 if sde else -1.0),
             "atol": atol, "steps": -1 if steps is None else steps, "seed": seed, "checkpoint_step": step,
             "max_steps": -1 if max_steps is None else max_steps, "success": success,
             **extra, **provenance.npz_fields()}

@@ -15,7 +15,7 @@ from fm.models.dit import DiT
 from fm.models.mlp import MLP
 from fm.models.unet import UNet
 
-__all__ = ["DiT", "MLP", "UNet", "dit", "unet", "make", "NAMES"]
+__all__ = ["DiT", "MLP", "UNet", "dit", "unet", "make", "check_shape", "NAMES"]
 
 _REGISTRY = {"mlp": MLP, "unet": UNet, "dit": DiT}
 NAMES = tuple(_REGISTRY)
@@ -34,3 +34,13 @@ def make(name: str, **kwargs):
   if hasattr(module, "check"):   # the module validates its own option values
     module.check()
   return module
+
+
+def check_shape(module, shape) -> None:
+  """ValueError (one sentence) unless `module` takes examples of `shape` (e.g. `(32, 32, 3)`).
+
+  Asked before any work, from the data's shape: a module with shape rules (levels,
+  patches, attention resolutions) defines `check_shape(shape)`; others take any shape.
+  """
+  if hasattr(module, "check_shape"):
+    module.check_shape(tuple(int(s) for s in shape))

@@ -125,7 +125,8 @@ class DiT(nn.Module):
 
   Attributes:
     size: one of `SIZES` ("S/2", "B/2", ...): depth, hidden size, heads and patch size.
-    depth, hidden_size, num_heads, patch_size: override the entries of `size` when set.
+    depth, hidden_size, num_heads, patch_size: override the entries of `size` when set
+      (None or 0: the preset's value).
     mlp_ratio: MLP width over hidden size (4 in DiT).
     num_classes: if > 0, the model is class-conditional and needs `y` `[B]` int labels
       in [0, num_classes]; label `num_classes` is the "no class" token (DiT's extra
@@ -137,6 +138,9 @@ class DiT(nn.Module):
       embedding nearly linear in t. 1000 restores DiT's range.
     dtype: compute dtype ("float32", "bfloat16", "float16" or a jnp dtype); parameters
       stay float32, LayerNorm, softmax and the residual stream run in float32.
+    second_time: embed a second time `t2` (MeanFlow's interval length) with its own
+      `r_embedder_mlp_0/2`, added to the conditioning `c` (as MeanFlow's DiT does).
+    outputs: number of fields stacked along the channel axis of the output.
   """
   size: str = "S/2"
   depth: int | None = None
@@ -147,18 +151,22 @@ class DiT(nn.Module):
   num_classes: int | None = None
   time_scale: float = 1000.0
   dtype: str | jnp.dtype = "float32"
+  second_time: bool = False
+  outputs: int = 1
 
   def __post_init__(self):
     if self.size not in SIZES:
       raise ValueError(f"unknown DiT size {self.size!r}; valid sizes: {', '.join(SIZES)}")
     for name in ("depth", "hidden_size", "num_heads", "patch_size"):
       v = getattr(self, name)
-      if v is not None and (not isinstance(v, int) or v < 1):
-        raise ValueError(f"DiT {name}={v!r} is invalid; valid: a positive integer or None (from size)")
+      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ValueError(f"DiT {name}={v!r} is invalid; valid: a positive integer, or 0 / None (from size)")
     d, n = self.config[1], self.config[2]
     if d % n or d % 4:
       raise ValueError(f"DiT hidden_size {d} is invalid; valid: multiples of num_heads ({n}) and of 4 "
                        "(the 2-D position embedding)")
+    if isinstance(self.outputs, bool) or not isinstance(self.outputs, int) or self.outputs < 1:
+      raise ValueError(f"DiT outputs={self.outputs!r} is invalid; valid: a positive integer")
     if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
                                          or self.num_classes < 0):
       raise ValueError(f"DiT num_classes={self.num_classes!r} is invalid; valid: a positive integer, or 0 / None "
@@ -176,16 +184,29 @@ class DiT(nn.Module):
     """`(depth, hidden_size, num_heads, patch_size)` after overrides."""
     base = SIZES[self.size]
     over = (self.depth, self.hidden_size, self.num_heads, self.patch_size)
-    return tuple(b if o is None else o for b, o in zip(base, over))
+    return tuple(b if not o else o for b, o in zip(base, over))
+
+  def check_shape(self, shape: tuple[int, ...]) -> None:
+    """ValueError unless images `[H, W, C]` of `shape` split into whole patches."""
+    p = self.config[3]
+    if len(shape) != 3:
+      raise ValueError(f"DiT takes images [H, W, C], got examples of shape {list(shape)}")
+    if shape[0] % p or shape[1] % p:
+      raise ValueError(f"image size {shape[0]}x{shape[1]} is not divisible by the DiT patch size {p}; "
+                       f"valid: a patch_size dividing both (e.g. {', '.join(str(q) for q in (1, 2, 4, 8) if not shape[0] % q and not shape[1] % q)})")
 
   @nn.compact
-  def __call__(self, t, x, y=None, train: bool = False):
-    """t: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels if `num_classes`.
+  def __call__(self, t, x, y=None, train: bool = False, t2=None):
+    """t, t2: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels if `num_classes`.
 
-    Returns the velocity `[B, H, W, C]` in x's dtype. `train` is accepted for the
-    common calling convention and ignored (DiT uses no dropout).
+    Returns the velocity `[B, H, W, outputs * C]` in x's dtype; t2 is given iff
+    `second_time`. `train` is accepted for the common calling convention and ignored
+    (DiT uses no dropout).
     """
     del train
+    if (t2 is None) == self.second_time:
+      raise ValueError(f"the second time t2 must be given if and only if second_time is set "
+                       f"(second_time={self.second_time})")
     depth, d, n, p = self.config
     dt = jnp.dtype(self.dtype)
     b, hh, ww, ch = x.shape
@@ -200,13 +221,18 @@ class DiT(nn.Module):
     # Patch embedding, initialised like a Dense on the flattened patch (as DiT does).
     conv_init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
     h = Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt, kernel_init=conv_init,
-                name="x_embedder")(x.astype(dt))
+                name="x_embedder", jvp_safe=self.second_time)(x.astype(dt))
     h = h.reshape(b, gh * gw, d).astype(jnp.float32) + jnp.asarray(sincos_pos_embed_2d(d, gh, gw))
 
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
     c = timestep_embedding(self.time_scale * t, 256)
     c = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="t_embedder_mlp_0")(c.astype(dt))
     c = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="t_embedder_mlp_2")(nn.silu(c))
+    if self.second_time:
+      t2 = jnp.broadcast_to(jnp.asarray(t2, jnp.float32), (b,))
+      c2 = timestep_embedding(self.time_scale * t2, 256)
+      c2 = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="r_embedder_mlp_0")(c2.astype(dt))
+      c = c + nn.Dense(d, dtype=dt, kernel_init=_normal02, name="r_embedder_mlp_2")(nn.silu(c2))
     c = c.astype(jnp.float32)
     if self.num_classes:
       table = nn.Embed(self.num_classes + 1, d, embedding_init=_normal02, name="y_embedder")
@@ -218,5 +244,5 @@ class DiT(nn.Module):
     mod = nn.Dense(2 * d, dtype=dt, kernel_init=_zeros, bias_init=_zeros, name="final_adaLN_modulation")
     shift, scale = jnp.split(mod(nn.silu(c)).astype(jnp.float32), 2, axis=-1)
     h = _modulate(_layer_norm(h), shift, scale).astype(dt)
-    h = nn.Dense(p * p * ch, dtype=dt, kernel_init=_zeros, bias_init=_zeros, name="final_linear")(h)
+    h = nn.Dense(p * p * ch * self.outputs, dtype=dt, kernel_init=_zeros, bias_init=_zeros, name="final_linear")(h)
     return unpatchify(h, p, gh, gw).astype(x.dtype)

@@ -117,6 +117,9 @@ class Conv(nn.Module):
   other platforms through `lax.conv_general_dilated` and XLA's own gradient.
 
   padding: "SAME", "VALID" or `((top, bottom), (left, right))`.
+  jvp_safe: XLA's convolution on every platform. `conv2d`'s custom gradient has no
+    forward-mode rule, so a network that is differentiated with `jax.jvp` (MeanFlow's
+    target) sets it; its CPU gradient is then XLA's own.
   """
   features: int
   kernel_size: Sequence[int]
@@ -125,6 +128,7 @@ class Conv(nn.Module):
   dtype: Any = None
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
+  jvp_safe: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -141,6 +145,9 @@ class Conv(nn.Module):
     def xla_conv(x, w):   # elsewhere XLA's own gradient (cuDNN's kernels on GPU)
       return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DN)
 
-    y = jax.lax.platform_dependent(x.astype(dtype), kernel.astype(dtype),
-                                   cpu=lambda x, w: conv2d(x, w, strides, padding), default=xla_conv)
+    if self.jvp_safe:
+      y = xla_conv(x.astype(dtype), kernel.astype(dtype))
+    else:
+      y = jax.lax.platform_dependent(x.astype(dtype), kernel.astype(dtype),
+                                     cpu=lambda x, w: conv2d(x, w, strides, padding), default=xla_conv)
     return y + bias.astype(dtype)

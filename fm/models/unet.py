@@ -19,7 +19,9 @@ from flax import traverse_util
 
 from fm.models.layers import Conv, GroupNorm, timestep_embedding
 
-__all__ = ["UNet", "from_torch", "DEFAULT_CHANNEL_MULT"]
+__all__ = ["UNet", "from_torch", "DEFAULT_CHANNEL_MULT", "DTYPES"]
+
+DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (float64 would need x64 throughout)
 
 # TorchCFM's `channel_mult=None` defaults, keyed by image width.
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
@@ -30,10 +32,10 @@ _torch_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 _zeros = nn.initializers.zeros
 
 
-def _conv(features, name, dtype, size=3, stride=1, zero=False):
+def _conv(features, name, dtype, size=3, stride=1, zero=False, jvp_safe=False):
   pad = (size - 1) // 2
   return Conv(features, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 dtype=dtype, kernel_init=_zeros if zero else _torch_init, name=name)
+                 dtype=dtype, kernel_init=_zeros if zero else _torch_init, name=name, jvp_safe=jvp_safe)
 
 
 def _dense(features, name, dtype, zero=False):
@@ -62,6 +64,7 @@ class ResBlock(nn.Module):
   up: bool = False
   down: bool = False
   dtype: Any = jnp.float32
+  jvp_safe: bool = False   # XLA's convolution everywhere (forward mode: MeanFlow)
 
   @nn.compact
   def __call__(self, x, emb, train=False):
@@ -71,7 +74,7 @@ class ResBlock(nn.Module):
       h, x = _upsample(h), _upsample(x)
     elif self.down:
       h, x = _avgpool(h), _avgpool(x)
-    h = _conv(self.out_channels, "in_layers_2", self.dtype)(h)
+    h = _conv(self.out_channels, "in_layers_2", self.dtype, jvp_safe=self.jvp_safe)(h)
     width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
     e = _dense(width, "emb_layers_1", self.dtype)(nn.silu(emb))[:, None, None, :]
     if self.use_scale_shift_norm:
@@ -80,9 +83,9 @@ class ResBlock(nn.Module):
     else:
       h = _norm(h + e, "out_layers_0")
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = _conv(self.out_channels, "out_layers_3", self.dtype, zero=True)(h)
+    h = _conv(self.out_channels, "out_layers_3", self.dtype, zero=True, jvp_safe=self.jvp_safe)(h)
     if x.shape[-1] != self.out_channels:
-      x = _conv(self.out_channels, "skip_connection", self.dtype, size=1)(x)
+      x = _conv(self.out_channels, "skip_connection", self.dtype, size=1, jvp_safe=self.jvp_safe)(x)
     return x + h
 
 
@@ -116,19 +119,21 @@ class AttentionBlock(nn.Module):
 class Downsample(nn.Module):
   """3x3 conv with stride 2 and one pixel of padding each side (not SAME)."""
   dtype: Any = jnp.float32
+  jvp_safe: bool = False   # XLA's convolution everywhere (forward mode: MeanFlow)
 
   @nn.compact
   def __call__(self, x):
-    return _conv(x.shape[-1], "op", self.dtype, stride=2)(x)
+    return _conv(x.shape[-1], "op", self.dtype, stride=2, jvp_safe=self.jvp_safe)(x)
 
 
 class Upsample(nn.Module):
   """Nearest-neighbour x2 then a 3x3 conv."""
   dtype: Any = jnp.float32
+  jvp_safe: bool = False   # XLA's convolution everywhere (forward mode: MeanFlow)
 
   @nn.compact
   def __call__(self, x):
-    return _conv(x.shape[-1], "conv", self.dtype)(_upsample(x))
+    return _conv(x.shape[-1], "conv", self.dtype, jvp_safe=self.jvp_safe)(_upsample(x))
 
 
 def _parse_resolutions(res) -> tuple[int, ...]:
@@ -172,6 +177,11 @@ class UNet(nn.Module):
     num_classes: number of class labels for a label embedding (`y` in [0, num_classes],
       `num_classes` = no class), or None / 0 for an unconditional net.
     dtype: compute dtype ("float32", "bfloat16", ...); parameters, GroupNorm and softmax stay float32.
+    second_time: embed a second time `t2` (MeanFlow's interval length) like t, through its own
+      `time_embed_r_0/2` layers, added to the time embedding; every other parameter keeps
+      TorchCFM's name.
+    outputs: number of fields stacked along the channel axis of the output (2 for SF2M's flow
+      and score from one forward).
   """
   num_channels: int = 128
   num_res_blocks: int = 2
@@ -186,6 +196,8 @@ class UNet(nn.Module):
   use_new_attention_order: bool = False
   num_classes: int | None = None
   dtype: Any = "float32"
+  second_time: bool = False
+  outputs: int = 1
 
   def __post_init__(self):
     # lists (e.g. from a config file) become tuples so that the module stays hashable
@@ -198,11 +210,17 @@ class UNet(nn.Module):
       dt = jnp.dtype(self.dtype)
     except TypeError:
       dt = None
-    if dt is None or not jnp.issubdtype(dt, jnp.floating):
-      raise ValueError(f"dtype {self.dtype!r} is not a floating dtype; valid: float32, bfloat16, float16")
+    if dt is None or dt.name not in DTYPES:
+      raise ValueError(f"dtype {self.dtype!r} is not supported (parameters and data are float32); "
+                       f"valid: {', '.join(DTYPES)}")
+    if self.channel_mult is not None and not self.channel_mult:
+      raise ValueError("channel_mult=() has no level; valid: one multiplier per level, e.g. (1, 2, 2, 2), "
+                       "or None for TorchCFM's default")
     _parse_resolutions(self.attention_resolutions)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout {self.dropout!r} must lie in [0, 1)")
+    if isinstance(self.outputs, bool) or not isinstance(self.outputs, int) or self.outputs < 1:
+      raise ValueError(f"UNet outputs {self.outputs!r} must be a positive integer")
     if self.num_res_blocks < 1:
       raise ValueError(f"num_res_blocks {self.num_res_blocks!r} must be a positive integer")
     mults = self.channel_mult if self.channel_mult is not None else (1,)
@@ -220,32 +238,64 @@ class UNet(nn.Module):
                                          or self.num_classes < 0):
       raise ValueError(f"num_classes {self.num_classes!r} must be a positive integer, or 0 / None (unconditional)")
 
+  def check_shape(self, shape: tuple[int, ...]) -> None:
+    """ValueError unless images `[H, W, C]` of `shape` fit: the default channel_mult exists, every
+    level halves whole pixels, every attention resolution names a level, and heads divide channels."""
+    if len(shape) != 3:
+      raise ValueError(f"the UNet takes images [H, W, C], got examples of shape {list(shape)}")
+    height, width, _ = shape
+    mult = self._mult(width)
+    f = 2 ** (len(mult) - 1)
+    if height % f or width % f:
+      raise ValueError(f"image size {height}x{width} is not divisible by {f} = 2^({len(mult)} levels - 1) of "
+                       f"channel_mult {tuple(mult)}; valid: fewer levels or a size divisible by {f}")
+    levels = [width // 2 ** i for i in range(len(mult))]
+    res = _parse_resolutions(self.attention_resolutions)
+    ds = {width // r for r in res}
+    missing = [r for r in res if width // r not in {2 ** i for i in range(len(mult))}]
+    if missing:
+      raise ValueError(f"attention_resolutions {missing[0]} names no level of the network; the levels at "
+                       f"{height}x{width} are {', '.join(map(str, levels))}")
+    heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
+    for i, m in enumerate(mult):
+      ch = int(m * self.num_channels)
+      if 2 ** i in ds or i == len(mult) - 1:   # an attention level, or the middle block
+        self._heads(ch, self.num_heads)
+        self._heads(ch, heads_up)
+
+  def _mult(self, width: int) -> tuple:
+    if self.channel_mult is not None:
+      return self.channel_mult
+    if width not in DEFAULT_CHANNEL_MULT:
+      raise ValueError(f"no default channel_mult for image width {width}; give channel_mult or use a width in "
+                       f"{sorted(DEFAULT_CHANNEL_MULT)}")
+    return DEFAULT_CHANNEL_MULT[width]
+
   def _heads(self, ch, num_heads):
     if self.num_head_channels == -1:
       heads = num_heads
     elif ch % self.num_head_channels:
       raise ValueError(f"num_head_channels {self.num_head_channels} does not divide the {ch} channels of an "
-                       "attention level; pick a divisor or -1")
+                       f"attention level; valid: a divisor of {ch} or -1")
     else:
       heads = ch // self.num_head_channels
     if ch % heads:
-      raise ValueError(f"num_heads {heads} does not divide the {ch} channels of an attention level")
+      raise ValueError(f"num_heads {heads} does not divide the {ch} channels of an attention level; "
+                       f"valid: a divisor of {ch}")
     return heads
 
   @nn.compact
-  def __call__(self, t, x, y=None, train: bool = False):
-    """t: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels iff num_classes.
+  def __call__(self, t, x, y=None, train: bool = False, t2=None):
+    """t, t2: `[B]` or scalar in [0, 1]; x: `[B, H, W, C]`; y: `[B]` int labels iff num_classes.
 
-    Returns the velocity `[B, H, W, C]` in the dtype of x.
+    Returns the velocity `[B, H, W, outputs * C]` in the dtype of x; t2 is given iff second_time.
     """
+    if (t2 is None) == self.second_time:
+      raise ValueError(f"the second time t2 must be given if and only if second_time is set "
+                       f"(second_time={self.second_time})")
     dt = jnp.dtype(self.dtype)
     b, height, width, c_in = x.shape
-    mult = self.channel_mult
-    if mult is None:
-      if width not in DEFAULT_CHANNEL_MULT:
-        raise ValueError(f"no default channel_mult for image width {width}; give channel_mult or use a width in "
-                         f"{sorted(DEFAULT_CHANNEL_MULT)}")
-      mult = DEFAULT_CHANNEL_MULT[width]
+    mult = self._mult(width)
     f = 2 ** (len(mult) - 1)
     if height % f or width % f:
       raise ValueError(f"image size {height}x{width} must be divisible by {f} for {len(mult)} levels")
@@ -254,21 +304,26 @@ class UNet(nn.Module):
     attn_ds = {width // r for r in _parse_resolutions(self.attention_resolutions)}
     heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
     nc = self.num_channels
+    jvp = self.second_time   # MeanFlow differentiates the net forward (jax.jvp): XLA's convolution everywhere
 
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (b,))
     emb = _dense(4 * nc, "time_embed_0", dt)(timestep_embedding(t, nc))
     emb = _dense(4 * nc, "time_embed_2", dt)(nn.silu(emb))
+    if self.second_time:
+      t2 = jnp.broadcast_to(jnp.asarray(t2, jnp.float32).reshape(-1), (b,))
+      emb2 = _dense(4 * nc, "time_embed_r_0", dt)(timestep_embedding(t2, nc))
+      emb = emb + _dense(4 * nc, "time_embed_r_2", dt)(nn.silu(emb2))
     if self.num_classes:
       emb = emb + nn.Embed(self.num_classes + 1, 4 * nc, dtype=dt, embedding_init=nn.initializers.normal(1.0),
                            name="label_emb")(y)
 
     def res(out, name, **kw):
-      return ResBlock(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)
+      return ResBlock(out, self.dropout, self.use_scale_shift_norm, dtype=dt, jvp_safe=jvp, name=name, **kw)
 
     def attn(ch, heads, name):
       return AttentionBlock(self._heads(ch, heads), not self.use_new_attention_order, dt, name=name)
 
-    h = _conv(int(mult[0] * nc), "input_blocks_0_0", dt)(x.astype(dt))
+    h = _conv(int(mult[0] * nc), "input_blocks_0_0", dt, jvp_safe=jvp)(x.astype(dt))
     hs, k, ds = [h], 1, 1
     for level, m in enumerate(mult):
       for _ in range(self.num_res_blocks):
@@ -282,7 +337,7 @@ class UNet(nn.Module):
         if self.resblock_updown:
           h = res(h.shape[-1], name, down=True)(h, emb, train)
         else:
-          h = Downsample(dt, name=name)(h)
+          h = Downsample(dt, jvp, name=name)(h)
         hs.append(h)
         k, ds = k + 1, ds * 2
 
@@ -304,12 +359,12 @@ class UNet(nn.Module):
           if self.resblock_updown:
             h = res(h.shape[-1], name, up=True)(h, emb, train)
           else:
-            h = Upsample(dt, name=name)(h)
+            h = Upsample(dt, jvp, name=name)(h)
           ds //= 2
         k += 1
 
     h = nn.silu(_norm(h, "out_0"))
-    return _conv(c_in, "out_2", dt, zero=True)(h).astype(x.dtype)
+    return _conv(c_in * self.outputs, "out_2", dt, zero=True, jvp_safe=jvp)(h).astype(x.dtype)
 
 
 def _flax_path(torch_prefix: str) -> tuple[str, ...]:

@@ -8,14 +8,27 @@ controller (`adaptive`). `integrate` is the entry point:
     x1, info = fm.solvers.integrate(v, x0, solver="rk4", steps=20)
     x1, info = fm.solvers.integrate(v, x0, solver="dopri5", rtol=1e-5, atol=1e-5)
     info["nfe"], info["steps"], info["rejected"], info["success"]
+
+SDEs with additive noise (`sde`: Euler-Maruyama, stochastic Heun) and the MeanFlow
+average-velocity sampler (`meanflow`) count NFE the same way: one call of the network.
 """
 from fm.solvers.adaptive import StepSizeController, initial_step, integrate_adaptive
 from fm.solvers.api import ADAPTIVE, FIXED_STEP, SOLVERS, check_tolerances, integrate
 from fm.solvers.fixed import integrate_fixed, rk_stages
+from fm.solvers.meanflow import integrate_average
+from fm.solvers.sde import SDE_SOLVERS, integrate_sde
+
+MEANFLOW = ("meanflow",)
+SAMPLERS = SOLVERS + SDE_SOLVERS + MEANFLOW   # every name `fm sample --solver` takes
 from fm.solvers.tableau import DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUX, ButcherTableau
 
 __all__ = [
     "integrate",
+    "integrate_sde",
+    "integrate_average",
+    "SDE_SOLVERS",
+    "MEANFLOW",
+    "SAMPLERS",
     "check_tolerances",
     "SOLVERS",
     "FIXED_STEP",

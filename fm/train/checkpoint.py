@@ -16,7 +16,7 @@ import sys
 import time
 
 __all__ = ["Checkpointer", "latest_step", "all_steps", "checkpoint_dir", "restore_newest_readable",
-           "set_aside", "UNREADABLE_DIR"]
+           "set_aside", "remove_unfinished", "UNREADABLE_DIR"]
 
 UNREADABLE_DIR = "unreadable_checkpoints"
 
@@ -51,16 +51,36 @@ class Checkpointer:
     else:
       options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    self._directory = checkpoint_dir(workdir)
+    self._manager = ocp.CheckpointManager(self._directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state) -> None:
-    """Saves `state` as checkpoint `step` (synchronously, so the caller may donate it next); no-op if it exists."""
+    """Saves `state` as checkpoint `step` (synchronously, so the caller may donate it next); no-op if it exists.
+
+    A full disk raises `fm.io.disk.DiskFull` (one sentence naming the directory and
+    the checkpoint's size) after removing the unfinished `*.orbax-checkpoint-tmp*`;
+    orbax's own log lines about it are dropped. Earlier checkpoints stay, so the
+    next run resumes from the newest.
+    """
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+    try:
+      with _held_logs() as held:
+        self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      from fm.io import disk  # pylint: disable=g-import-not-at-top
+      if not disk.is_full(e):
+        held.release()
+        raise
+      _drain_quietly()
+      remove_unfinished(self._directory)
+      import jax  # pylint: disable=g-import-not-at-top
+      needed = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(state))
+      raise disk.DiskFull(self._directory, f"writing checkpoint {step}", needed=needed) from None
+    held.release()
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores into the structure, dtypes and shardings of `abstract_state`.
@@ -85,6 +105,47 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class _held_logs(contextlib.AbstractContextManager):
+  """Holds the records orbax logs (through absl) inside the block; `release()` emits them, else dropped.
+
+  A failed save logs a traceback per writer thread before it raises; fm reports the
+  failure itself in one sentence, so those are dropped when the failure is handled.
+  """
+
+  def __init__(self):
+    self._records = []
+    self._logger = logging.getLogger("absl")
+
+  def filter(self, record):
+    self._records.append(record)
+    return False
+
+  def __enter__(self):
+    self._logger.addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    self._logger.removeFilter(self)
+    return False
+
+  def release(self):
+    for r in self._records:
+      self._logger.handle(r)
+    self._records = []
+
+
+def remove_unfinished(directory: str) -> list[str]:
+  """Removes orbax's unfinished `<step>.orbax-checkpoint-tmp*` directories under `directory`; returns them."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  removed = []
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(name)
+  return removed
 
 
 def _drain_quietly(seconds: float = 0.5) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -38,6 +39,7 @@ import numpy as np
 import tqdm
 
 from fm import config as config_lib
+from fm import data as data_lib
 from fm import provenance
 from fm.io import files
 from fm.train import checkpoint, partitioning, reflow, step as step_lib, tensorboard
@@ -69,19 +71,57 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
   (an old-shape config.json is compared in the new shape), train.steps may not
   drop below the latest checkpoint nor change the schedule of the steps taken,
   and the reflow teacher is needed only until its pairs are stored.
+  `data.path` may change when the data there is the run's data (same content
+  sha256 as in source.json); data whose content changed is refused.
   """
   workdir_lib.check_path(workdir)
   saved = _saved_config(workdir)
   latest = checkpoint.latest_step(workdir) if os.path.isdir(workdir) else None
+  allowed = ()
   if saved is not None:
     new = config_lib.to_dict(config)
-    workdir_lib.resume_changes(saved, new, workdir)
+    allowed = _check_data_identity(saved, new, workdir)
+    workdir_lib.resume_changes(saved, new, workdir, allowed)
     workdir_lib.check_steps(saved, new, latest, workdir)
   elif latest is not None:
     raise config_lib.ConfigError(f"workdir {workdir!r} has checkpoints but no config.json")
   if config.reflow.teacher and not reflow.has_pairs(workdir):
     reflow.check_teacher(config.reflow.teacher, config.data)
+  if partitioning.jax_process_count() == 1:
+    workdir_lib.check_free(workdir)   # before the data is loaded; `lock` decides, after it
   return config
+
+
+def _check_data_identity(saved: dict, new: dict, workdir: str) -> tuple:
+  """("data.path",) if only the data's path moved (same content); ConfigError if its content changed.
+
+  The content key is `fm.data.identity` (sha256 of a tarball, of a folder's
+  listing), compared with the one source.json holds.
+  """
+  before = None
+  if os.path.isfile(os.path.join(workdir, workdir_lib.SOURCE_FILE)):
+    info = workdir_lib.read_source_info(workdir)
+    before = info.get("sha256")
+    if before is None:   # a run from before source.json held it: its description names it
+      found = re.search(r"(?:listing_)?sha256=([0-9a-f]{64})", info.get("description", ""))
+      before = found and found.group(1)
+  name, options = data_lib.split_options(new.get("data", {}))
+  old_name, _ = data_lib.split_options(saved.get("data", {}))
+  if before is None or name != old_name:
+    return ()
+  try:
+    now = data_lib.identity(name, **options)
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(f"bad config 'data': {e}") from e
+  if now is None:
+    return ()
+  old_path, new_path = saved.get("data", {}).get("path"), new.get("data", {}).get("path")
+  if now != before:
+    moved = f"data.path {new_path!r} (was {old_path!r})" if new_path != old_path else f"data.path {new_path!r}"
+    raise config_lib.ConfigError(
+        f"the data at {moved} is not the data this run trained on (content sha256 {now[:12]}..., source.json "
+        f"has {before[:12]}...); resume with the original data, or train on this data in a new workdir")
+  return ("data.path",) if new_path != old_path else ()
 
 
 def _saved_config(workdir: str) -> dict | None:
@@ -104,6 +144,15 @@ def _warn_unconverged(coupling, stats_list, first: int, last: int) -> int:
                 "so those pairs are approximate: %s", type(coupling).__name__, bad, count, first + 1, last,
                 100.0 * bad / max(count, 1), hint)
   return bad
+
+
+def _duration(seconds: float) -> str:
+  """`42 s`, `7 min`, `3.2 h`: a rough time for progress lines."""
+  if seconds < 90:
+    return f"{seconds:.0f} s"
+  if seconds < 90 * 60:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
 
 
 def _next_multiple(step: int, every: int) -> int:
@@ -129,7 +178,8 @@ def _start(config, workdir: str, abstract, teacher_step) -> tuple[object, int]:
   start = start or 0
   saved = _saved_config(workdir)
   new = config_lib.to_dict(config)
-  changes = workdir_lib.resume_changes(saved, new, workdir) if saved is not None else {}
+  allowed = _check_data_identity(saved, new, workdir) if saved is not None else ()
+  changes = workdir_lib.resume_changes(saved, new, workdir, allowed) if saved is not None else {}
   finished = saved is not None and start >= config.train.steps
   if finished:
     log.info("%s: already finished at step %d", workdir, start)
@@ -236,7 +286,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, run, loss_fn, source,
     writer.scalars(row, at_step)
     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
     if bar.disable and files.is_writer():
-      log.info("step %d loss %.5f (%.0f steps/s)", at_step, row["loss"], row["steps_per_sec"])
+      log.info("step %d loss %.5f (%.3g steps/s, about %s to step %d)", at_step, row["loss"],
+               row["steps_per_sec"], _duration((tc.steps - at_step) / max(row["steps_per_sec"], 1e-9)), tc.steps)
 
   step = start
   try:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from fm.io import files
 
 __all__ = ["AXIS", "make_mesh", "replicated", "batch_sharding", "sharding_for_batch", "put", "replicate",
-           "abstract_replicated", "init_replicated", "to_host", "is_writer", "any_process", "barrier",
+           "abstract_replicated", "init_replicated", "to_host", "jax_process_count", "is_writer", "any_process", "barrier",
            "initialize", "cluster_env_detected"]
 
 AXIS = "data"
@@ -94,6 +94,11 @@ def to_host(x: Any) -> Any:
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return np.asarray(a)
   return jax.tree_util.tree_map(get, x)
+
+
+def jax_process_count() -> int:
+  """`jax.process_count()` (1 in a plain process)."""
+  return jax.process_count()
 
 
 def is_writer() -> bool:

@@ -2,10 +2,10 @@
 
 Layout of a workdir (besides `checkpoints/` and results):
 
-  .lock           held (`fcntl.flock`) by the one `fm train` working in it
+  .lock           held (`fcntl.flock`) by the one `fm train` working in it (its process 0)
   config.json     the run's config as of the latest start (canonical: `fm.config.canonical`;
                   one of the old shape is mapped to the new one when read)
-  source.json     the training data's example shape, kind and provenance
+  source.json     the training data's example shape, kind, provenance and content sha256
   history.jsonl   one line per start / resume / stop: step, time, provenance and
                   every setting that changed on resume (`{"key": [old, new]}`)
   metrics.jsonl   one row per log step; a line cut off by a kill is dropped on resume
@@ -22,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import socket
 import tempfile
 import time
 from typing import Any, Iterator
@@ -30,7 +31,7 @@ from fm import config as config_lib
 from fm.io import files
 
 __all__ = ["RESUMABLE", "LOCK_FILE", "HISTORY_FILE", "METRICS_FILE", "check_path", "check_writable_dir", "check_run",
-           "resume_changes", "check_steps", "lock", "append_history", "read_history", "read_metrics",
+           "resume_changes", "check_steps", "check_free", "lock", "append_history", "read_history", "read_metrics",
            "trim_metrics", "read_config", "read_source_info", "write_source_info",
            "CONFIG_FILE", "SOURCE_FILE"]
 
@@ -109,11 +110,16 @@ def check_run(workdir: str) -> int:
   return step
 
 
-def resume_changes(saved: dict[str, Any], config: dict[str, Any], workdir: str) -> dict[str, list]:
-  """`{key: [old, new]}` of the settings that differ; ConfigError if one may not change on resume."""
+def resume_changes(saved: dict[str, Any], config: dict[str, Any], workdir: str,
+                   allowed: tuple[str, ...] = ()) -> dict[str, list]:
+  """`{key: [old, new]}` of the settings that differ; ConfigError if one may not change on resume.
+
+  `allowed`: keys that may change on this resume besides `RESUMABLE` (data.path when
+  the data there has the run's content).
+  """
   old, new = config_lib.flatten(saved), config_lib.flatten(config)
   changed = config_lib.diff(saved, config)
-  fixed = [k for k in changed if not _resumable(k)]
+  fixed = [k for k in changed if not _resumable(k) and k not in allowed]
   if fixed:
     k = fixed[0]
     raise config_lib.ConfigError(
@@ -148,30 +154,132 @@ def check_steps(saved: dict[str, Any], config: dict[str, Any], latest: int | Non
         f"depends on train.steps; use a new workdir")
 
 
-@contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds an exclusive `flock` on `workdir/.lock`; ConfigError at once if another process holds it.
+# errnos of a file system that does not implement flock (Lustre mounted `noflock`, NFS mounted
+# without a lock manager): fm then warns and runs unlocked (docs/reliability.md).
+_NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
-  The lock goes with the process (a killed run leaves no stale lock); the file stays.
+
+def _try_flock(fd: int) -> str | None:
+  """None if this process now holds the exclusive flock on `fd`; else who holds it ("pid N on HOST").
+
+  Raises OSError with an errno in `_NO_FLOCK` where the file system has no flock.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      raise
+    return _holder(fd)
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  return None
+
+
+def _holder(fd: int) -> str:
+  """Who holds the lock, as its file says: "pid N on HOST" ("pid N" from an fm before hosts were named)."""
+  holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
+  return f"pid {holder}" if holder.isdigit() else holder
+
+
+def _process_count() -> int:
+  """`jax.process_count()` where JAX is already imported (a plain process never imports it here)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  jax = sys.modules.get("jax")
+  return jax.process_count() if jax is not None else 1
+
+
+def check_free(workdir: str) -> None:
+  """ConfigError if another fm train holds `workdir` now (a probe; `lock` is what keeps it).
+
+  Lets a single-process `fm train` refuse a busy workdir before it spends
+  minutes loading data. Takes and drops the flock at once; touches nothing when
+  `workdir/.lock` does not exist.
   """
   import fcntl  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  if not os.path.isfile(path):
+    return
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise
-      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-      raise config_lib.ConfigError(
-          f"workdir {workdir!r} is in use by another fm train (pid {holder}); wait for it to finish "
-          f"or stop it, then re-run to resume") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return   # `lock` will say why
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      raise config_lib.ConfigError(_busy(workdir, _holder(fd))) from None
+  finally:
+    os.close(fd)
+
+
+def _process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top  (only reached with several processes: imported)
+  return jax.process_index()
+
+
+def _agree(refusal: str | None) -> str | None:
+  """Process 0's `refusal` (a sentence, or None) on every process (a broadcast; several processes only)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.zeros(1025, np.uint8)
+  if refusal is not None:
+    raw = refusal.encode()[:1024]
+    data[0], data[1:1 + len(raw)] = 1, np.frombuffer(raw, np.uint8)
+  data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+  return bytes(data[1:]).rstrip(b"\0").decode(errors="replace") if data[0] else None
+
+
+def _refusal(workdir: str, fd: int) -> str | None:
+  """Takes the flock on `fd`: None if taken (or the file system has none: a warning), else why not."""
+  try:
+    holder = _try_flock(fd)
+  except OSError as e:
+    if e.errno not in _NO_FLOCK:
+      return f"workdir {workdir!r} cannot be locked ({e.strerror or e}); check that it is writable"
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.getLogger("fm").warning(
+        "warning: the file system of workdir %r has no flock (%s), so nothing stops a second fm train "
+        "from writing into it; run one at a time", workdir, e.strerror or e)
+    return None
+  if holder is None:
+    return None
+  return _busy(workdir, holder)
+
+
+def _busy(workdir: str, holder: str) -> str:
+  return (f"workdir {workdir!r} is in use by another fm train ({holder}); wait for it to finish "
+          f"or stop it, then re-run to resume")
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive `flock` on `workdir/.lock` for one run; ConfigError at once if another run holds it.
+
+  One run of several processes (`jax.distributed`) is one holder: process 0
+  takes the lock and broadcasts the outcome, so every process goes on, or every
+  process stops with the same sentence. The lock goes with the process (a
+  killed run leaves no stale lock); the file stays. Where the file system has
+  no flock (`_NO_FLOCK`) fm warns and runs without the lock.
+  """
+  count = _process_count()
+  fd = None
+  try:
+    refusal = None
+    if count == 1 or _process_index() == 0:
+      try:
+        fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        refusal = _refusal(workdir, fd)
+      except OSError as e:
+        refusal = f"workdir {workdir!r} cannot be locked ({e.strerror or e}); check that it is writable"
+    if count > 1:
+      refusal = _agree(refusal)
+    if refusal is not None:
+      raise config_lib.ConfigError(refusal)
     yield
   finally:
-    os.close(fd)   # releases the lock
+    if fd is not None:
+      os.close(fd)   # releases the lock
 
 
 def append_history(workdir: str, event: str, step: int, **fields: Any) -> None:
@@ -226,13 +334,16 @@ def read_config(workdir: str):
 
 
 def write_source_info(workdir: str, source) -> None:
-  """Records the training data's shape, kind, provenance and classes in `workdir/source.json`.
+  """Records the training data's shape, kind, provenance, identity and classes in `workdir/source.json`.
 
-  Data with labels add `classes` (names, index = label) and `class_probs`
-  (their frequencies in the training data: what conditional sampling draws from).
+  `sha256` is the content key of the data (`fm.data.identity`), by which a
+  resumed run recognises its data at another path; `skipped` and `converted`
+  are what loading it skipped or converted (`fm.data.folder`). Data with
+  labels add `classes` (names, index = label) and `class_probs` (their
+  frequencies in the training data: what conditional sampling draws from).
   """
   info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
-          "description": source.description}
+          "description": source.description, **getattr(source, "info", {})}
   if getattr(source, "classes", None) is not None:
     info["classes"] = list(source.classes)
     info["class_probs"] = list(source.class_probs)

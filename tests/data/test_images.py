@@ -318,3 +318,88 @@ def test_labelled_source_draws_labels_with_the_same_indices(tmp_path):
   _save(flat, "a.png", _rgb(0))
   with pytest.raises(ValueError, match="have no labels"):
     images.source(path=str(flat), batch_size=4, cache_dir=tmp_path / "c", num_classes=2)
+def test_undecodable_images_skipped_up_to_one_in_a_thousand(tmp_path):
+  """One corrupt image among good ones is skipped and counted (labels stay aligned); more than
+  max(1, N // 1000) are refused, naming the first."""
+  root = tmp_path / "ds"
+  for i in range(6):
+    _save(root, f"{'ab'[i % 2]}/{i}.png", _rgb(i))
+  (root / "a" / "1x.png").write_bytes(b"not a png")
+  arr, meta = images.load(path=root, cache_dir=tmp_path / "c")
+  assert meta["skipped"] == ["a/1x.png"] and arr.shape[0] == 6
+  np.testing.assert_array_equal(meta["labels"], [0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(arr[1], _rgb(2))   # a/0, a/2, a/4 after the skipped a/1x
+  assert "skipped_unreadable=1" in meta["description"]
+  _, again = images.load(path=root, cache_dir=tmp_path / "c")   # the cached entry keeps the report
+  assert again["cached"] and again["skipped"] == ["a/1x.png"]
+  (root / "b" / "2x.png").write_bytes(b"nor this")
+  with pytest.raises(ValueError, match=r"2 of the 8 images .*first, 'a/1x.png'.*skips at most 1"):
+    images.load(path=root, cache_dir=tmp_path / "c")
+
+
+def test_conversions_are_counted(tmp_path):
+  root = tmp_path / "ds"
+  _save(root, "0.png", _rgb(0))
+  _save(root, "1.png", _rgb(1)[..., 0], "L")
+  _save(root, "2.png", np.concatenate([_rgb(2), np.zeros((8, 6, 1), np.uint8)], -1), "RGBA")
+  _save(root, "3.png", _rgb(3)[..., 0], "L")
+  _, meta = images.load(path=root, cache_dir=tmp_path / "c")
+  assert meta["converted"] == {"L": 2, "RGBA": 1}
+
+
+def test_damaged_cache_entry_is_rebuilt_with_a_notice(tmp_path, caplog):
+  root = tmp_path / "ds"
+  for i in range(3):
+    _save(root, f"{i}.png", _rgb(i))
+  first, meta = images.load(path=root, cache_dir=tmp_path / "c")
+  npy = [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".images.npy")][0]
+  for damage in (lambda b: b[:len(b) // 2], lambda b: b[:-1] + bytes([b[-1] ^ 1])):   # cut short, one bit
+    npy.write_bytes(damage(npy.read_bytes()))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fm"):
+      arr, meta = images.load(path=root, cache_dir=tmp_path / "c")
+    assert not meta["cached"]
+    np.testing.assert_array_equal(arr, first)
+    notices = [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]
+    assert len(notices) == 1 and npy.name.replace(".images.npy", ".json") in notices[0]
+    assert images.load(path=root, cache_dir=tmp_path / "c")[1]["cached"]
+
+
+def test_cache_dir_under_a_file_is_one_sentence(tmp_path, monkeypatch):
+  (tmp_path / "f").write_text("x")
+  monkeypatch.setenv("FM_CACHE", str(tmp_path / "f"))
+  _save(tmp_path / "ds", "0.png", _rgb(0))
+  with pytest.raises(ValueError, match=r"\(from FM_CACHE\) cannot be created: .* is a file"):
+    images.load(path=tmp_path / "ds")
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda b: b[:len(b) // 2], "is not a complete, readable tarball"),
+    (lambda b: b[:200], "is not a complete, readable tarball"),
+    (lambda b: bytes(len(b)), "no .png/.jpg/.jpeg images found in .*d.tar.gz"),   # zeros: an empty tar
+    (lambda b: bytes(range(256)) * 8, "is not a complete, readable tarball"),
+    (lambda b: b"text\n" * 50, "is not a complete, readable tarball"),
+])
+def test_damaged_tarballs_name_the_file(tmp_path, damage, match):
+  src = tmp_path / "src"
+  for i in range(4):
+    _save(src, f"train/{i}.png", _rgb(i))
+  tgz = _tar(src, tmp_path / "d.tar.gz", "ds")
+  with open(tgz, "rb") as f:
+    data = f.read()
+  with open(tgz, "wb") as f:
+    f.write(damage(data))
+  with pytest.raises(ValueError, match=match if "found" in match else f"d.tar.gz' {match}"):
+    images.load(path=tgz, cache_dir=tmp_path / "c")
+
+
+def test_first_decode_is_announced_once(tmp_path, caplog):
+  """Decoding (minutes for CIFAR-10 on a CPU) is announced through the log, so it shows with output
+  redirected; a cached load is silent."""
+  for i in range(3):
+    _save(tmp_path / "ds", f"{i}.png", _rgb(i))
+  with caplog.at_level("INFO", logger="fm"):
+    images.load(path=tmp_path / "ds", cache_dir=tmp_path / "c")
+    images.load(path=tmp_path / "ds", cache_dir=tmp_path / "c")
+  said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding ")]
+  assert len(said) == 1 and "decoding 3 images of" in said[0] and "cached" in said[0]

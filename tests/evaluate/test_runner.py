@@ -291,3 +291,34 @@ def test_fid_real_network_random_weights(image_run, tmp_path):
   want = by_hand_fid(workdir, folder, tmp_path, lambda p, x: fid.inception_features(p, x, batch_size=5),
                      params, solver="euler", steps=2, num=4, seed=0, batch_size=4)
   assert recs[0]["value"] == pytest.approx(want, rel=1e-6) and recs[0]["value"] > 0
+
+
+def test_eval_of_nothing_computable_exits_2(image_run, tmp_path, capsys):
+  """`fm eval --metrics bpd` on a run whose data has no test split (and no data.limit): exit 2 with the
+  reason, not exit 0 with `[]`; eval.jsonl untouched."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, folder = image_run
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  with open(os.path.join(run, "config.json")) as f:
+    config = json.load(f)
+  config["data"]["path"] = os.path.join(folder, "train")   # one class folder: no test split
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump(config, f)
+  before = sorted(os.listdir(run))
+  code = cli.main(["eval", "--workdir", run, "--metrics", "bpd", "--bpd-num", "3"])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1 and "no test split" in err, err
+  assert sorted(os.listdir(run)) == before
+
+
+def test_bpd_default_is_cpu_sane_and_said(image_run, capsys):
+  """Without --bpd-num, a CPU evaluates bits/dim on at most cli.BPD_NUM['cpu'] images and says so."""
+  workdir, _ = image_run
+  n = len(records.read(workdir))
+  code = cli.main(["eval", "--workdir", workdir, "--metrics", "bpd", "--solver", "euler", "--steps", "2"])
+  err = capsys.readouterr().err
+  assert code == 0, err
+  assert f"up to {cli.BPD_NUM['cpu']} held-out images (the CPU default" in err and "--bpd-num" in err
+  new = records.read(workdir)[n:]
+  assert [r["metric"] for r in new] == ["bpd"] and new[0]["num_images"] == 6   # all 6 test images (< 1000)

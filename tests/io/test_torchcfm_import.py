@@ -50,3 +50,23 @@ def test_import_refuses_bad_input(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "w" / "config.json")
   assert cli.main(["import-torchcfm", str(tmp_path / "missing.pt"), "--config",
                    os.path.join(ROOT, "configs", "cifar10.py"), "--workdir", str(tmp_path / "m")]) == 2
+
+
+def test_interrupted_import_leaves_no_workdir(tmp_path, capsys, monkeypatch):
+  """The import writes a temporary workdir and renames it: a failure mid-way (here a Ctrl-C while the
+  checkpoint is saved) leaves neither the workdir nor the temporary; importing again then works."""
+  pytest.importorskip("fm.models.unet")
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "imported")
+  real_save = checkpoint.Checkpointer.save
+
+  def interrupted(self, step, state):
+    real_save(self, step, state)
+    raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", interrupted)
+  assert _import(workdir) == 130
+  assert os.listdir(tmp_path) == []
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+  capsys.readouterr()
+  assert _import(workdir) == 0 and sorted(os.listdir(tmp_path)) == ["imported"]
+  assert recipe.load(workdir)[2] == 1234

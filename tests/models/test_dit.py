@@ -226,6 +226,11 @@ def test_bad_options():
     fm.models.make("dit", hidden_size=30, num_heads=4)
   with pytest.raises(ValueError, match="valid dtypes"):
     fm.models.make("dit", dtype="int8")
+  with pytest.raises(ValueError, match="valid dtypes"):
+    fm.models.make("dit", dtype="float64")
+  with pytest.raises(ValueError, match="patch size 4; valid: a patch_size dividing both"):
+    fm.models.check_shape(fm.models.make("dit", patch_size=4), (30, 30, 3))
+  fm.models.check_shape(fm.models.make("dit", patch_size=2), (30, 30, 3))
   with pytest.raises(ValueError, match="unknown argument"):
     fm.models.make("dit", dropout=0.1)
   model = fm.models.make("dit", **TINY)
@@ -236,3 +241,11 @@ def test_bad_options():
     jax.eval_shape(model.init, jax.random.PRNGKey(0), t, x)
   with pytest.raises(ValueError, match="labels y"):
     jax.eval_shape(fm.models.make("dit", size="S/2", depth=1).init, jax.random.PRNGKey(0), t, x, y=y)
+
+
+def test_size_is_a_preset_and_zero_means_from_size():
+  """The config's DiT keys: 0 (the config default) takes the preset's value, a positive one overrides it."""
+  assert fm.models.make("dit", size="B/4", depth=0, hidden_size=0, num_heads=0, patch_size=0).config == (12, 768, 12, 4)
+  assert fm.models.make("dit", size="B/4", depth=2, hidden_size=48, num_heads=0).config == (2, 48, 12, 4)
+  with pytest.raises(ValueError, match="DiT depth=-1 is invalid"):
+    fm.models.make("dit", depth=-1)

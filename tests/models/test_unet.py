@@ -159,8 +159,12 @@ def test_bfloat16_close_to_float32():
 def test_bad_arguments():
   with pytest.raises(ValueError, match="unknown argument"):
     fm.models.make("unet", model_channels=64)
-  with pytest.raises(ValueError, match="floating dtype"):
+  with pytest.raises(ValueError, match="'int32' is not supported.*valid: float32, bfloat16, float16"):
     fm.models.make("unet", dtype="int32")
+  with pytest.raises(ValueError, match="'float64' is not supported"):   # would run in float32 silently
+    fm.models.make("unet", dtype="float64")
+  with pytest.raises(ValueError, match=r"channel_mult=\(\) has no level"):
+    fm.models.make("unet", channel_mult=())
   with pytest.raises(ValueError, match="attention_resolutions"):
     fm.models.make("unet", attention_resolutions="16;8")
   with pytest.raises(ValueError, match="attention_resolutions"):
@@ -200,3 +204,31 @@ def test_from_torch_errors_name_the_key():
   with pytest.raises(ValueError, match="unexpected key 'label_emb.weight'"):
     nolabel = {k: v for k, v in kw.items() if k != "num_classes"}
     from_torch(fm.models.make("unet", **nolabel), sd, image_shape=shape)
+
+
+@pytest.mark.parametrize("kw,shape,match", [
+    (dict(channel_mult=(1, 2, 2, 2)), (20, 20, 3), r"20x20 is not divisible by 8 = 2\^\(4 levels - 1\)"),
+    (dict(channel_mult=(1, 2), attention_resolutions=(64,)), (32, 32, 3),
+     "attention_resolutions 64 names no level of the network; the levels at 32x32 are 32, 16"),
+    (dict(channel_mult=(1, 2), attention_resolutions="16,5"), (32, 32, 3), "attention_resolutions 5 names"),
+    (dict(num_channels=32, channel_mult=(1, 2), num_head_channels=24), (16, 16, 3),
+     "num_head_channels 24 does not divide the 32 channels"),
+    (dict(num_channels=96, channel_mult=(1,), num_heads=5, attention_resolutions="16"), (16, 16, 3),
+     "num_heads 5 does not divide the 96 channels"),
+    (dict(), (24, 24, 3), "no default channel_mult for image width 24"),
+    (dict(), (32, 3), r"takes images \[H, W, C\]"),
+])
+def test_check_shape_refuses_before_any_work(kw, shape, match):
+  model = fm.models.make("unet", **kw)
+  with pytest.raises(ValueError, match=match):
+    fm.models.check_shape(model, shape)
+
+
+def test_check_shape_accepts_what_runs():
+  """Every accepted shape also initialises (no check stricter than the network)."""
+  for kw, shape in ((dict(num_channels=32, channel_mult=(1, 2), attention_resolutions="8"), (16, 16, 3)),
+                    (dict(num_channels=32, channel_mult=(1, 2), attention_resolutions="16,8",
+                          num_head_channels=16), (8, 16, 3))):
+    model = fm.models.make("unet", **kw)
+    fm.models.check_shape(model, shape)
+    jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,)), jnp.zeros((1, *shape)))

@@ -111,3 +111,43 @@ def test_conditional_image_run_end_to_end(folder, tmp_path):
     assert list(f["classes"]) == ["a", "b"]
   with np.load(os.path.join(workdir, result["samples"])) as f:   # end-of-training samples: training labels
     assert set(np.unique(f["labels"])) <= {0, 1} and float(f["guidance"]) == 2.0
+def test_moved_data_resumes_and_damaged_images_are_recorded(folder, tmp_path):
+  """data.path may change on resume when the data is the same (recorded in history.jsonl); source.json
+  records the content sha, the one undecodable image skipped and the grayscale one converted."""
+  from PIL import Image
+  Image.fromarray(np.full((8, 8), 7, np.uint8), "L").save(os.path.join(folder, "a", "gray.png"))
+  with open(os.path.join(folder, "b", "broken.png"), "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n cut short")
+  workdir = str(tmp_path / "run")
+  experiment.train(_config(folder, **{"train.steps": "10"}), workdir)
+  with open(os.path.join(workdir, "source.json")) as f:
+    source = json.load(f)
+  from fm.data import folder as folder_lib
+  assert source["sha256"] == folder_lib.content_sha(folder)
+  assert source["skipped"] == ["b/broken.png"] and source["converted"] == {"L": 1}
+  assert source["num_images"] == 24 + 1
+  moved = str(tmp_path / "moved")
+  os.rename(folder, moved)
+  experiment.train(_config(moved, **{"train.steps": "20"}), workdir)
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    history = [json.loads(line) for line in f]
+  assert history[-1]["event"] == "resume" and history[-1]["changes"]["data.path"] == [folder, moved]
+  # the same path with other content is refused before anything is written
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(moved, "a", "new.png"))
+  before = os.path.getmtime(os.path.join(workdir, "config.json"))
+  with pytest.raises(config_lib.ConfigError, match="is not the data this run trained on"):
+    experiment.train(_config(moved, **{"train.steps": "30"}), workdir)
+  assert os.path.getmtime(os.path.join(workdir, "config.json")) == before
+
+
+def test_model_checked_against_the_data_before_decoding_it(folder, tmp_path, monkeypatch):
+  """A model that cannot take the images is refused after one image is decoded, not after all of them."""
+  from fm.data import folder as folder_lib
+  decoded = []
+  real = folder_lib._decode
+  monkeypatch.setattr(folder_lib, "_decode", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+  config = _config(folder, model={"name": "unet", "num_channels": 32, "channel_mult": (1, 2),
+                                  "attention_resolutions": "64", "num_head_channels": -1})
+  with pytest.raises(config_lib.ConfigError, match="attention_resolutions 64 names no level.* 8x8 are 8, 4"):
+    experiment.train(config, str(tmp_path / "run"))
+  assert not decoded and not os.path.exists(tmp_path / "run")

@@ -13,7 +13,7 @@ from fm import methods
 from fm.data import toys
 from fm import recipe
 from fm.train import checkpoint, loop, step as step_lib
-from train.helpers import restore_state, tiny_config
+from train.helpers import restore_state, tiny_config, trained_run  # noqa: F401
 
 
 @pytest.mark.parametrize("method", methods.NAMES)
@@ -227,3 +227,39 @@ def test_unconverged_coupling_is_counted_and_warned(tmp_path, caplog):
   with caplog.at_level(logging.WARNING, logger="fm"):   # converged: counted as 0, no warning
     experiment.train(tiny_config(method="sbcfm", train__steps=20), str(tmp_path / "ok"))
   assert not [r for r in caplog.records if "did not converge" in r.getMessage()]
+
+
+def test_checkpoint_rotated_away_while_read_takes_the_newest(tmp_path, monkeypatch, trained_run):  # noqa: F811
+  """`fm sample` / `fm eval` beside a running `fm train`: the latest checkpoint is rotated away (a newer
+  one saved, the old one deleted) between listing and reading. `recipe.load` re-lists and reads the
+  newest; an explicitly asked step that vanished is one sentence."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from fm import config as config_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  ckpts = checkpoint.checkpoint_dir(workdir)
+  real = checkpoint.Checkpointer.restore
+  calls = []
+
+  def rotating(self, abstract, step=None):
+    if not calls:   # fm train saves step 60 and deletes step 40 just now
+      os.rename(os.path.join(ckpts, "40"), os.path.join(ckpts, "60"))
+    calls.append(step)
+    return real(self, abstract, step)
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore", rotating)
+  _, _, step = recipe.load(workdir)
+  assert step == 60 and calls == [40, 60]
+  calls.clear()
+  os.rename(os.path.join(ckpts, "60"), os.path.join(ckpts, "40"))
+  with pytest.raises(config_lib.ConfigError, match="checkpoint 40 .* was removed while it was read"):
+    recipe.load(workdir, step=40)
+
+
+def test_progress_lines_have_precision_and_time_to_go(tmp_path, caplog):
+  """Redirected output gets a line per log step: steps/s to three significant digits (not `0 steps/s` on
+  a slow CPU) and the time left to train.steps."""
+  with caplog.at_level("INFO", logger="fm"):
+    experiment.train(tiny_config(method="icfm"), str(tmp_path / "run"))
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  assert len(lines) == 2 and all("steps/s, about " in line and "to step 40" in line for line in lines), lines
+  assert loop._duration(0.4) == "0 s" and loop._duration(600) == "10 min" and loop._duration(4 * 3600) == "4.0 h"

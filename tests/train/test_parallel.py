@@ -226,6 +226,42 @@ def _sample_cli(workdir: str, out: str, processes: int, devices: int) -> None:
   _wait(procs)
 
 
+def test_two_processes_share_the_workdir_lock(tmp_path):
+  """One 2-process run holds the workdir lock once (process 0); another holder stops both processes
+  with the same one sentence (no gloo DEADLINE). Default suite: keeps the scale-out path and the
+  lock tested together."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "shared")
+  short = ["--config.eval.at_end=False", "--config.train.steps_per_call=2", "--config.train.log_every=2",
+           "--config.train.checkpoint_every=4"]
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, ".lock"), "w") as held:   # an unrelated fm train holds the workdir
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 4242 on elsewhere\n")
+    held.flush()
+    procs = _launch(workdir, _free_port(), 4, extra=short)
+    errs = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+  lines = [[line for line in err.splitlines() if line.startswith("fm: ")] for err in errs]
+  for p, err, ls in zip(procs, errs, lines):
+    assert p.returncode == 2 and "Traceback" not in err and "DEADLINE" not in err, err[-2000:]
+    assert len(ls) == 1 and "is in use by another fm train (pid 4242 on elsewhere)" in ls[0], err[-2000:]
+  assert lines[0] == lines[1]
+  assert sorted(os.listdir(workdir)) == [".lock"]
+
+  procs = _launch(workdir, _free_port(), 4, extra=short)
+  _wait(procs)
+  from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
+  assert checkpoint.latest_step(workdir) == 4
+  with open(os.path.join(workdir, ".lock")) as f:
+    assert f.read().startswith(f"pid {procs[0].pid} on ")   # process 0 held it, alone
+  assert [r["event"] for r in _read_history(workdir)] == ["start"]
+
+
+def _read_history(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path, otcfm_runs):
   """2 processes x 2 devices == 1 process x 4 devices; only process 0 writes results."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from fm import recipe
 from fm.evaluate import conditional, fid, image_metrics, records, reference
-from fm.evaluate.metric import Context, Metric, Options
+from fm.evaluate.metric import Context, Metric, Options, sde_kwargs
 
 __all__ = ["FID", "check_inception_options", "inception", "reference_of", "features", "default_num"]
 
@@ -74,10 +74,13 @@ def default_num(ctx: Context) -> int:
 
 
 def features(ctx: Context, num: int, solver: str, rtol: float, atol: float,
-             steps: int | None) -> tuple[Any, dict[str, Any]]:
-  """Inception features of `num` generated images at one solver setting, computed once for FID and KID."""
+             steps: int | None, noise: float = 0.0, path=None) -> tuple[Any, dict[str, Any]]:
+  """Inception features of `num` generated images at one solver setting, computed once for FID and KID.
+
+  `noise`, `path`: an SDE solver's diffusion scale and the run's path (`metric.sde_kwargs`).
+  """
   cache = ctx.shared("fid_features", dict)
-  key = (num, solver, rtol, atol, steps, ctx.guidance)
+  key = (num, solver, rtol, atol, steps, noise, ctx.guidance)
   if key not in cache:
     sample_x0 = recipe.x0_sampler(ctx.run.config, ctx.run.shape)
     start = time.time()
@@ -89,7 +92,7 @@ def features(ctx: Context, num: int, solver: str, rtol: float, atol: float,
         ctx.run, ctx.params, sample_x0, inception(ctx)["params"], num=num, seed=ctx.seed,
         batch_size=ctx.batch_size, fid_batch_size=ctx.opts.fid_batch_size,
         preprocessing=ctx.opts.fid_preprocessing, progress=ctx.opts.progress,
-        solver=solver, rtol=rtol, atol=atol, steps=steps, **cond)
+        solver=solver, rtol=rtol, atol=atol, steps=steps, noise=noise, path=path, **cond)
     if cond:
       info["labels"] = "training distribution"
     info["samples_elapsed_s"] = round(time.time() - start, 3)
@@ -138,6 +141,7 @@ class FID(Metric):
     return None
 
   def compute(self, ctx: Context, solver: str, rtol: float, atol: float, steps: int | None) -> dict[str, Any]:
-    feats, info = features(ctx, ctx.num(self), solver, rtol, atol, steps)
+    sde = sde_kwargs(ctx, solver, "gaussian")   # image runs start from N(0, I)
+    feats, info = features(ctx, ctx.num(self), solver, rtol, atol, steps, **sde)
     out = image_metrics.fid_of_features(feats, self.ref["mu"], self.ref["sigma"], ctx.opts.fid_subsets)
-    return {**out, **info, **self.ref["info"]}
+    return {**out, **info, **self.ref["info"], **({"sde_noise": sde["noise"]} if sde else {})}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from fm.evaluate import image_metrics
-from fm.evaluate.metric import Context, Metric, Options
+from fm.evaluate.metric import Context, Metric, Options, sde_kwargs
 from fm.evaluate.metrics import fid as fid_metric
 
 __all__ = ["KID"]
@@ -39,6 +39,7 @@ class KID(Metric):
     return None
 
   def compute(self, ctx: Context, solver: str, rtol: float, atol: float, steps: int | None) -> dict[str, Any]:
-    feats, info = fid_metric.features(ctx, ctx.num(self), solver, rtol, atol, steps)
+    sde = sde_kwargs(ctx, solver, "gaussian")   # image runs start from N(0, I)
+    feats, info = fid_metric.features(ctx, ctx.num(self), solver, rtol, atol, steps, **sde)
     out = image_metrics.kid_of_features(feats, self.ref["feats"], ctx.seed)
-    return {**out, **info, **self.ref["info"]}
+    return {**out, **info, **self.ref["info"], **({"sde_noise": sde["noise"]} if sde else {})}

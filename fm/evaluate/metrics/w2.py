@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from fm.evaluate import toy
-from fm.evaluate.metric import Context, Metric
+from fm.data import toys
+from fm.evaluate.metric import Context, Metric, sde_kwargs
 
 __all__ = ["W2"]
 
@@ -17,9 +18,10 @@ class W2(Metric):
 
   def compute(self, ctx: Context, solver: str, rtol: float, atol: float, steps: int | None) -> dict[str, Any]:
     task = ctx.run.config.data.task
+    sde = sde_kwargs(ctx, solver, toys.parse_task(task)[0])
     out = toy.w2_at(ctx.run.model, ctx.params, task, ctx.num(self), ctx.seed, solver, rtol=rtol, atol=atol,
-                    steps=steps, guidance=ctx.guidance)   # a conditional run adds per-class W2, mode accuracy
-    return {**out, "task": task}
+                    steps=steps, guidance=ctx.guidance, **sde)   # a conditional run adds per-class W2, mode accuracy
+    return {**out, "task": task, **({"sde_noise": sde["noise"]} if sde else {})}
 
   def summary(self, record: dict[str, Any]) -> dict[str, Any]:
     out = {"w2": record["value"], "nfe": record["nfe"]}
