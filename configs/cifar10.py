@@ -26,6 +26,11 @@ run here, and its time per step on a GPU is not measured
 (`experiments/benchmarks/unet_vs_torchcfm.py --preset cifar --device cuda` measures it).
 
 Variants (`--config configs/cifar10.py:VARIANT`):
+  cond   class-conditional: the same UNet with a label embedding (model.num_classes = 10,
+         plus the null class), labels dropped with probability cond.drop_prob = 0.1 for
+         classifier-free guidance; sample with `fm sample --classes all --guidance 1.5`
+         (docs/conditional.md). The smoke run made conditional:
+         `--config configs/cifar10.py:smoke --config.model.num_classes=10 --config.cond.drop_prob=0.1`.
   dit    DiT-S/2 (depth 12, hidden 384, 6 heads, patch 2), bfloat16 compute; model.size is a preset,
          model.depth / hidden_size / num_heads / patch_size (0 = from size) override it.
   meanflow        MeanFlow (1-NFE) with the paper's CIFAR-10 recipe (Geng et al. 2025, and the
@@ -79,6 +84,12 @@ def get_config(variant=None):
   c.model.num_head_channels = 64
   c.model.dropout = 0.1
   c.model.dtype = "float32"                # "bfloat16": bf16 compute, float32 params and norms
+  c.model.num_classes = 0     # > 0: a class-conditional run (labels from the data; fm.guidance)
+
+  # Class-conditional runs only (model.num_classes > 0), see docs/conditional.md.
+  c.cond = ml_collections.ConfigDict()
+  c.cond.drop_prob = 0.0      # training: label -> null class with this probability (needed for guidance)
+  c.cond.guidance = 1.0       # sampling/eval default scale s: v(null) + s (v(y) - v(null)); 1 = conditional
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400_000
@@ -120,8 +131,12 @@ def get_config(variant=None):
   elif variant == "dit":
     # `size` is a preset of (depth, hidden_size, num_heads, patch_size); a non-zero entry overrides it.
     c.model = ml_collections.ConfigDict({"name": "dit", "size": "S/2", "depth": 0, "hidden_size": 0,
-                                         "num_heads": 0, "patch_size": 0, "dtype": "bfloat16"})
+                                         "num_heads": 0, "patch_size": 0, "dtype": "bfloat16",
+                                         "num_classes": 0})
     c.train.grad_clip = 1.0
+  elif variant == "cond":
+    c.model.num_classes = 10   # TorchCFM's class_cond UNet (plus the null-class row)
+    c.cond.drop_prob = 0.1
   elif variant == "meanflow":
     c.method = "meanflow"
     c.model.dropout = 0.2
@@ -155,5 +170,5 @@ def get_config(variant=None):
     if variant == "meanflow_smoke":
       c.method = "meanflow"
   else:
-    raise ValueError(f"unknown variant {variant!r}; valid variants: dit, meanflow, meanflow_smoke, smoke")
+    raise ValueError(f"unknown variant {variant!r}; valid variants: cond, dit, meanflow, meanflow_smoke, smoke")
   return c

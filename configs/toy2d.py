@@ -51,6 +51,12 @@ def get_config(variant=None):
   c.model.width = 64
   c.model.depth = 3
   c.model.activation = "selu"
+  c.model.num_classes = 0     # > 0: a class-conditional run (labels from the data; fm.guidance)
+
+  # Class-conditional runs only (model.num_classes > 0), see docs/conditional.md.
+  c.cond = ml_collections.ConfigDict()
+  c.cond.drop_prob = 0.0      # training: label -> null class with this probability (needed for guidance)
+  c.cond.guidance = 1.0       # sampling/eval default scale s: v(null) + s (v(y) - v(null)); 1 = conditional
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 20_000

@@ -101,6 +101,72 @@ def _check_out(out: str) -> None:
   workdir_lib.check_writable_dir(directory, "directory of --out")
 
 
+def _conditioning(args, workdir: str, num: int) -> dict:
+  """`--class`/`--classes`/`--guidance` checked against the run: the sampler's `classes` and `guidance`.
+
+  An unconditional run refuses them; `--classes all` is every class; guidance
+  other than 1 needs a run trained with label dropout.
+  """
+  from fm import recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.read_config(workdir)
+  num_classes = recipe.num_classes(config)
+  given = [f for f, v in (("--class", args.class_), ("--classes", args.classes), ("--guidance", args.guidance))
+           if v is not None]
+  if not num_classes:
+    if given:
+      raise UsageError(f"{given[0]} is for class-conditional runs, and {workdir} is unconditional "
+                       f"(model.num_classes = 0); sample it without --class, --classes and --guidance")
+    return {}
+  if args.class_ is not None and args.classes is not None:
+    raise UsageError("give either --class K (repeatable) or --classes all, not both")
+  if args.classes is not None and args.classes != "all":
+    raise UsageError(f"--classes takes only 'all', got {args.classes!r}; pick single classes with --class K")
+  classes = list(range(num_classes)) if args.classes == "all" else args.class_
+  drop_prob, default_guidance = recipe.cond_settings(config)
+  guidance = default_guidance if args.guidance is None else args.guidance
+  if args.guidance is not None:
+    if not math.isfinite(args.guidance):
+      raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.guidance != 1 and drop_prob == 0:
+      raise UsageError(f"--guidance {args.guidance:g} needs the null class, but {workdir} was trained without "
+                       f"label dropout (cond.drop_prob = 0); use --guidance 1")
+  if classes is not None:
+    from fm.evaluate import conditional  # pylint: disable=g-import-not-at-top
+    try:
+      conditional.class_labels(classes, num, num_classes)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+  return {"classes": classes, "guidance": guidance}
+
+
+def _eval_guidance(args) -> list[float] | None:
+  """`--guidance` / `--guidance-sweep` of `fm eval` checked against the run; the sweep's scales or None."""
+  if args.guidance is None and args.guidance_sweep is None:
+    return None
+  from fm import recipe  # pylint: disable=g-import-not-at-top
+  config = recipe.read_config(args.workdir)
+  flag = "--guidance-sweep" if args.guidance_sweep is not None else "--guidance"
+  if not recipe.num_classes(config):
+    raise UsageError(f"{flag} is for class-conditional runs, and {args.workdir} is unconditional "
+                     f"(model.num_classes = 0)")
+  if args.guidance is not None and args.guidance_sweep is not None:
+    raise UsageError("give either --guidance S or --guidance-sweep S1,S2,..., not both")
+  if args.nfe_sweep and args.guidance_sweep is not None:
+    raise UsageError("give either --nfe-sweep or --guidance-sweep, not both")
+  try:
+    scales = ([float(v) for v in args.guidance_sweep.split(",") if v.strip()] if args.guidance_sweep is not None
+              else [args.guidance])
+  except ValueError:
+    raise UsageError(f"--guidance-sweep takes numbers separated by commas like 1,1.5,2,3, got "
+                     f"{args.guidance_sweep!r}") from None
+  if not scales or not all(math.isfinite(s) for s in scales):
+    raise UsageError(f"{flag} takes finite numbers like 1,1.5,2,3, got {args.guidance_sweep or args.guidance!r}")
+  if recipe.cond_settings(config)[0] == 0 and any(s != 1 for s in scales):
+    raise UsageError(f"{flag} {args.guidance_sweep or args.guidance} needs the null class, but {args.workdir} was "
+                     f"trained without label dropout (cond.drop_prob = 0); only guidance 1 applies")
+  return scales if args.guidance_sweep is not None else None
+
+
 def _check_solver(args) -> None:
   """--solver, --steps and --sde-noise agree (names from fm.solvers; SDEs default to --sde-noise 1)."""
   from fm import solvers  # pylint: disable=g-import-not-at-top
@@ -145,10 +211,12 @@ def _sample(args, overrides):
     workdir_lib.check_path(args.png_dir, what="--png-dir")
   kwargs = dict(solver=args.solver, num=args.num, seed=args.seed, rtol=args.rtol, atol=args.atol,
                 steps=args.steps, step=args.step, max_steps=args.max_steps, sde_noise=args.sde_noise)
+  kwargs.update(_conditioning(args, args.workdir, args.num))
   if kind == "images":
     kwargs.update(batch_size=args.batch_size or 256, png_dir=args.png_dir)
   info = evaluate.sample_workdir(args.workdir, out, **kwargs)
-  print(f"NFE {info['nfe']} ({args.solver}); wrote {info['out']} and {info['png']}")
+  passes = f", {info['network_passes']} network passes at guidance {info['guidance']:g}" if "guidance" in info else ""
+  print(f"NFE {info['nfe']} ({args.solver}{passes}); wrote {info['out']} and {info['png']}")
   if not info.get("success", True):
     print(f"fm: warning: {args.solver} stopped at --max-steps {args.max_steps} before reaching t = 1, so the "
           f"samples in {out} are not the flow's output (recorded as success=False); loosen --rtol/--atol "
@@ -174,13 +242,14 @@ def _eval(args, overrides):
       inception=args.inception, fid_batch_size=args.fid_batch_size, fid_preprocessing=args.fid_preprocessing,
       fid_subsets=args.fid_subsets, bpd_num=args.bpd_num or BPD_NUM["accelerator"],
       bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
-      sde_noise=args.sde_noise)
+      guidance=args.guidance, sde_noise=args.sde_noise)
   try:
     if not args.nfe_sweep:
       _check_solver(args)
     names = runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  scales = _eval_guidance(args)
   if args.step is not None:   # before the note below: a bad step is the one line printed
     from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
     steps = checkpoint.all_steps(args.workdir)
@@ -195,6 +264,18 @@ def _eval(args, overrides):
     if where == "cpu":
       print(f"fm eval: bits/dim on up to {BPD_NUM['cpu']} held-out images (the CPU default: each takes seconds "
             f"here; {BPD_NUM['accelerator']} on a GPU/TPU), set --bpd-num to change it", file=sys.stderr)
+  if scales:
+    try:
+      rows, paths, skipped = runner.guidance_sweep(args.workdir, scales, opts)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+    for why in skipped.values():
+      print(why)
+    with open(paths["md"]) as f:
+      print(f.read(), end="")
+    print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}; every point's records appended to "
+          f"{os.path.join(args.workdir, 'eval.jsonl')}")
+    return
   if args.nfe_sweep:
     rows, paths, skipped = runner.sweep(args.workdir, args.nfe_sweep, opts)
     for why in dict.fromkeys(skipped.values()):
@@ -353,6 +434,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--batch-size", type=int, default=None, help="images per solver call (image runs; default 256)")
   p.add_argument("--png-dir", default=None, help="also write every image as a PNG here (image runs; for external FID tools)")
+  p.add_argument("--class", dest="class_", type=int, action="append", default=None, metavar="K",
+                 help="conditional runs: sample class K (repeatable: an equal share of each); default: labels "
+                      "drawn from the training label distribution")
+  p.add_argument("--classes", default=None, choices=None, metavar="all",
+                 help="conditional runs: 'all' = an equal share of every class (the grid: one row per class)")
+  p.add_argument("--guidance", type=float, default=None, metavar="S",
+                 help="conditional runs: classifier-free guidance scale, v(null) + S (v(y) - v(null)); "
+                      "1 = conditional, 0 = unconditional (default: the run's cond.guidance)")
   _add_distributed_flags(p)
   p.set_defaults(fn=_sample)
 
@@ -393,6 +482,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--divergence", default=None, help="exact | hutchinson (default: hutchinson for images, "
                                                      "exact for toys)")
   p.add_argument("--num-probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
+  p.add_argument("--guidance", type=float, default=None, metavar="S",
+                 help="conditional runs: guidance scale of the samples (default: the run's cond.guidance)")
+  p.add_argument("--guidance-sweep", default=None, metavar="S1,S2,...",
+                 help="conditional runs: the metrics (default fid for images, w2 for toys) at each guidance scale, "
+                      "e.g. 1,1.5,2,3: writes WORKDIR/guidance_sweep.{md,csv,png}")
   p.add_argument("--nfe-sweep", default=None, metavar="SOLVER:V1,V2,...",
                  help="e.g. euler:1,2,5,10,20,50,100 (steps) or dopri5:1e-2,1e-3 (tolerances): writes "
                       "WORKDIR/nfe_sweep_SOLVER.{md,csv,png}")

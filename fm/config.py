@@ -175,7 +175,9 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
   section of every coupling's options, without `name`, unset ones None. New:
   `path = {name, sigma}`, `time = {name, ...}`, `coupling = {name, ...}`; the
   preset (`method`) fills in the names left None (`canonical`). A config from
-  before `eval.metrics` gets the metrics its end of training computed.
+  before `eval.metrics` gets the metrics its end of training computed; one
+  without `model.num_classes` or a `cond` section the unconditional defaults
+  (0; drop_prob 0, guidance 1).
   """
   d = json.loads(json.dumps(d))
   sections = {s: dict(d.get(s) or {}) for s in SECTIONS}
@@ -192,6 +194,10 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
   if isinstance(d.get("eval"), dict):   # before eval.metrics: what the end of training computed
     kind = "images" if (d.get("data") or {}).get("name") == "images" else "points"
     d["eval"].setdefault("metrics", AT_END_METRICS[kind])
+  # Conditioning (docs/conditional.md), absent from configs older than it: unconditional defaults.
+  if isinstance(d.get("model"), dict):
+    d["model"].setdefault("num_classes", 0)
+  d["cond"] = {"drop_prob": 0.0, "guidance": 1.0, **(d.get("cond") or {})}
   return d
 
 

@@ -70,25 +70,33 @@ class Method:
   time_sampler: Callable
   objective: Callable | None = None   # `objective(apply_fn, params, key, x0, x1)` on coupled pairs; None: CFM
 
-  def loss(self, apply_fn, params, key, x0, x1, **extras):
+  def loss(self, apply_fn, params, key, x0, x1, y1=None, **extras):
     """CFM loss on one batch.
 
     Args:
-      apply_fn: `apply_fn(params, t, x, **extras) -> v`, t `[B]`, x and v `[B, *shape]`.
+      apply_fn: `apply_fn(params, t, x, **extras) -> v`, t `[B]`, x and v `[B, *shape]`;
+        with labels also `y=` `[B]` int.
       params: network parameters.
       key: PRNG key for coupling, times and path noise.
       x0, x1: source and target batches `[B, *shape]`.
-      **extras: passed to `apply_fn` (model conditioning, e.g. `y=`).
+      y1: the int labels `[B]` of x1 (a conditional run) or None; they follow
+        x1 through the coupling and reach `apply_fn` as `y=`.
+      **extras: passed to `apply_fn` (other model conditioning).
 
     Returns:
       `(loss, aux)`: scalar loss and a dict of scalar diagnostics (`loss` and the
       coupling's info, e.g. `cost_before`, `cost_after`).
     """
     k_couple, k_t, k_eps = jax.random.split(key, 3)
-    i0, i1, info = self.coupling(k_couple, x0, x1)
-    x0, x1 = couplings.apply(i0, i1, x0, x1)
+    # The labels travel with x1: a condition-aware coupling (coupling.condition) pairs inside their classes.
+    i0, i1, info = self.coupling(k_couple, x0, x1) if y1 is None else self.coupling(k_couple, x0, x1, y1=y1)
+    x0, (x1, y1) = couplings.apply(i0, i1, x0, (x1, y1))
+    if y1 is not None:
+      extras = {**extras, "y": y1}
     if self.objective is not None:
-      loss, aux = self.objective(lambda p, t, x, *a: apply_fn(p, t, x, *a, **extras), params,
+      def apply_pairs(p, t, x, t2=None):   # an objective's 4th argument is the second time t2
+        return apply_fn(p, t, x, **({} if t2 is None else {"t2": t2}), **extras)
+      loss, aux = self.objective(apply_pairs, params,
                                  jax.random.fold_in(k_t, 1), x0, x1)
       return loss, {**aux, **info}
     t = self.time_sampler(k_t, x0.shape[0], x0.dtype)

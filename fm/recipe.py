@@ -22,12 +22,13 @@ import ml_collections
 import optax
 
 from fm import config as config_lib
-from fm import couplings, data, heads, losses, methods, models, paths, solvers, timesteps
+from fm import couplings, data, guidance, heads, losses, methods, models, paths, solvers, timesteps
 from fm.errors import UserError
 from fm.train import checkpoint, partitioning, reflow, state as state_lib
 from fm.train.workdir import SOURCE_FILE, check_run, read_config, read_source_info, write_source_info
 
 __all__ = ["Run", "resolve", "build", "loss_fn", "velocity", "head", "load", "compose", "model_kwargs", "data_options",
+           "num_classes", "cond_settings",
            "load_data", "make_source", "x0_sampler", "read_config", "read_source_info", "write_source_info", "check_run",
            "SOURCE_FILE"]
 
@@ -65,6 +66,17 @@ def head(config: ml_collections.ConfigDict) -> heads.Head:
   """What the network of a canonical config outputs, from its loss (`fm.losses.HEADS`)."""
   loss = config.get("loss", {}).get("name") or "cfm"
   return heads.make(losses.HEADS.get(loss, "velocity"))
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """`model.num_classes` (0 if unset): a run is conditional iff it is > 0."""
+  return int(config.model.get("num_classes", 0) or 0)
+
+
+def cond_settings(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """`(cond.drop_prob, cond.guidance)`; `(0.0, 1.0)` for a config without a `cond` section."""
+  cond = config.get("cond", None) or {}
+  return float(cond.get("drop_prob", 0.0)), float(cond.get("guidance", 1.0))
 
 
 def data_options(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
@@ -138,9 +150,11 @@ def resolve(config) -> ml_collections.ConfigDict:
     _choice(f"{section}.name", d[section]["name"], names)
   config = config_lib.from_dict(d)
   name, options = data_options(config)
-  _component("data", lambda: data.check(name, **options))
   _choice("model.name", f["model.name"], models.NAMES)
   _component("model", lambda: models.make(config.model.name, **model_kwargs(config)))
+  classes = num_classes(config)   # a run is conditional iff model.num_classes > 0
+  _component("data", lambda: data.check(name, num_classes=classes, **options))
+  _component("cond", lambda: guidance.check(classes, *cond_settings(config)))
   compose(d)
   if d["coupling"].get("condition") == "within_class" and not (d["model"].get("num_classes") or 0) > 0:
     raise UserError("config key 'coupling.condition'='within_class' pairs x0 with x1 inside x1's classes, so it "
@@ -152,6 +166,9 @@ def resolve(config) -> ml_collections.ConfigDict:
     raise UserError(f"bad value {f['train.batch_size']!r} for config key 'train.batch_size': "
                     f"must be divisible by the {jax.device_count()} devices")
   if f.get("reflow.teacher"):
+    if classes:
+      raise UserError("config key 'reflow.teacher' is for unconditional runs (reflow pairs carry no labels); "
+                      "set model.num_classes=0 or reflow.teacher=''")
     if f["method"] != "rf":
       raise UserError(f"config key 'reflow.teacher' needs method 'rf' (reflow trains a rectified flow on "
                       f"teacher pairs), got method {f['method']!r}")
@@ -175,24 +192,38 @@ def build(config, shape: tuple[int, ...] = (2,), mesh=None) -> Run:
   optimizer = state_lib.make_optimizer(
       tc.lr, tc.steps, tc.optimizer, tc.schedule, tc.warmup_steps, tc.grad_clip, tc.weight_decay)
 
+  labels = {"y": jnp.zeros((1,), jnp.int32)} if num_classes(config) else {}
+
   def init_fn(key):
     extra = {"t2": jnp.zeros((1,))} if head(config).kind == "average_velocity" else {}
-    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), **extra)
+    return model.init(key, jnp.zeros((1,)), jnp.zeros((1, *shape)), **labels, **extra)
 
   return Run(config, shape, model, method, optimizer,
              lambda: state_lib.create(init_fn, optimizer, config.seed))
 
 
 def loss_fn(run: Run):
-  """`loss_fn(params, key, x0, x1, **extras)` of the run's method; dropout draws from `fold_in(key, 0xD0)`."""
-  def f(params, key, x0, x1, **extras):
+  """`loss_fn(params, key, x0, x1, y1=None, **extras)` of the run's method; dropout draws from `fold_in(key, 0xD0)`.
+
+  A conditional run passes the labels `y1` of x1; after the coupling (which
+  carries them with x1) each is replaced by the null class with probability
+  `cond.drop_prob`, drawn from `fold_in(key, 0xC1)` (classifier-free guidance's
+  label dropout, `fm.guidance.drop_labels`).
+  """
+  classes = num_classes(run.config)
+  drop_prob, _ = cond_settings(run.config)
+
+  def f(params, key, x0, x1, y1=None, **extras):
     k_dropout = jax.random.fold_in(key, 0xD0)
 
     def apply_fn(p, t, x, t2=None, **model_extras):   # t2: MeanFlow's interval (second time), else None
       if t2 is not None:
         model_extras["t2"] = t2
+      if "y" in model_extras:
+        y = guidance.drop_labels(jax.random.fold_in(key, 0xC1), model_extras["y"], classes, drop_prob)
+        model_extras = {**model_extras, "y": y}
       return run.model.apply(p, t, x, train=True, rngs={"dropout": k_dropout}, **model_extras)
-    return run.method.loss(apply_fn, params, key, x0, x1, **extras)
+    return run.method.loss(apply_fn, params, key, x0, x1, y1, **extras)
   return f
 
 
@@ -213,7 +244,7 @@ def load_data(config: ml_collections.ConfigDict):
     shape = data.example_shape(name, **options)
     if shape is not None:
       check(shape)
-    source = data.make(name, config.train.batch_size, **options)
+    source = data.make(name, config.train.batch_size, num_classes=num_classes(config), **options)
   except UserError:
     raise
   except ValueError as e:

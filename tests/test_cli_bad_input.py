@@ -109,6 +109,13 @@ def _unfinished_teacher(d, run):
   return out
 
 
+def _as_conditional(d, run):
+  """A copy of the run whose config says 2 classes without label dropout (checked before any loading)."""
+  out = _run(d, run)
+  _edit_config(out["RUN"], model__num_classes=2, cond__drop_prob=0.0)
+  return out
+
+
 # --- image data and image models -----------------------------------------------------------------
 
 CIFAR = os.path.join(os.path.dirname(CONFIG), "cifar10.py")
@@ -299,6 +306,30 @@ CASES = [
     ("eval-workdir-is-file", _file, ["eval", "--workdir", "FILE"], "is a file"),
     ("eval-workdir-empty", _run, ["eval", "--workdir", ""], "must not be empty"),
     ("eval-checkpoint-unreadable", _latest_corrupt, ["eval", "--workdir", "RUN"], "cannot be read"),
+    ("cond-target-without-labels", _run, [*TRAIN, "--workdir", "NEW", "--config.model.num_classes=2",
+                                          "--config.data.task=gaussian->scurve"], "has no class labels"),
+    ("cond-num-classes-wrong", _run, [*TRAIN, "--workdir", "NEW", "--config.model.num_classes=8"],
+     "set model.num_classes=2"),
+    ("cond-drop-prob-unconditional", _run, [*TRAIN, "--workdir", "NEW", "--config.cond.drop_prob=0.1"],
+     "are for conditional runs"),
+    ("cond-guidance-without-dropout", _run, [*TRAIN, "--workdir", "NEW", "--config.model.num_classes=2",
+                                             "--config.cond.guidance=2"], "needs the null class trained"),
+    ("sample-class-unconditional", _run, ["sample", "--workdir", "RUN", "--class", "1"],
+     "is for class-conditional runs"),
+    ("sample-guidance-unconditional", _run, ["sample", "--workdir", "RUN", "--guidance", "2"],
+     "is for class-conditional runs"),
+    ("sample-class-out-of-range", _as_conditional, ["sample", "--workdir", "RUN", "--class", "5"],
+     "valid classes: 0 to 1"),
+    ("sample-classes-not-all", _as_conditional, ["sample", "--workdir", "RUN", "--classes", "3"],
+     "takes only 'all'"),
+    ("sample-classes-num-not-shared", _as_conditional, ["sample", "--workdir", "RUN", "--classes", "all",
+                                                        "--num", "3"], "multiple of 2"),
+    ("sample-guidance-without-dropout", _as_conditional, ["sample", "--workdir", "RUN", "--guidance", "2"],
+     "without label dropout"),
+    ("eval-guidance-sweep-unconditional", _run, ["eval", "--workdir", "RUN", "--guidance-sweep", "1,2"],
+     "is for class-conditional runs"),
+    ("eval-guidance-sweep-bad-number", _as_conditional, ["eval", "--workdir", "RUN", "--guidance-sweep", "1,x"],
+     "numbers separated by commas"),
     ("sweep-workdir-is-file", _file, ["sweep", "--config", SMOKE, "--workdir", "FILE", "--grid", "seed=0"],
      "is a file"),
     ("sweep-grid-no-values", _run, ["sweep", "--config", SMOKE, "--workdir", "NEW", "--grid", "method=,"],
@@ -344,8 +375,9 @@ def _fill(arg, paths):
 
 
 def test_table_size():
-  """The count reported for issue 6 (36), issue 16 (+20) and the SDE / MeanFlow samplers of issue 15 (+5)."""
-  assert len(CASES) == 36 + 1 + len(IMG_CASES) + 5 == 61
+  """The count reported for issue 6 (36), issue 16 (+20), the SDE / MeanFlow samplers of issue 15 (+5)
+  and issue 14's class-conditional flags (+12)."""
+  assert len(CASES) == 36 + 1 + len(IMG_CASES) + 5 + 12 == 73
 
 
 def test_second_train_in_a_workdir_is_locked_out(tmp_path, capsys, trained_run):  # noqa: F811

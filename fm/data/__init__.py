@@ -4,8 +4,10 @@
     src = fm.data.make("images", batch_size=128, path="../shared/data/cifar10-jpeg.tar.gz")
     x0, x1 = src.batch_fn(key, src.data)          # inside the jitted train step
 
-Each source module defines `check_options(**options)` (cheap: names and ranges,
-no loading; ValueError with one sentence) and `make_source(batch_size, **options)`.
+Each source module defines `check_options(num_classes=0, **options)` (cheap:
+names and ranges, no loading; ValueError with one sentence) and
+`make_source(batch_size, num_classes=0, **options)`; `num_classes > 0` asks for
+labelled batches `(x0, x1, y1)` (a conditional run).
 The config's `data` section is `{"name": ..., **options}`; a config without
 `data.name` is a toy config (the 2D half predates the registry). Modules are
 imported on first use, so `import fm` never imports an image decoder.
@@ -45,9 +47,13 @@ def split_options(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
   return name, data
 
 
-def check(name: str, **options: Any) -> None:
-  """ValueError (one sentence) unless `options` are valid for source `name`."""
-  _module(name).check_options(**options)
+def check(name: str, num_classes: int = 0, **options: Any) -> None:
+  """ValueError (one sentence) unless `options` are valid for source `name`.
+
+  `num_classes > 0`: a conditional run; sources that can tell cheaply (toys)
+  also check that the data have that many classes.
+  """
+  _module(name).check_options(num_classes=num_classes, **options)
 
 
 def identity(name: str, **options: Any) -> str | None:
@@ -69,11 +75,16 @@ def example_shape(name: str, **options: Any) -> tuple[int, ...] | None:
   return module.example_shape(**options) if hasattr(module, "example_shape") else None
 
 
-def make(name: str, batch_size: int, **options: Any) -> Source:
-  """Builds the named source; its arrays (if any) are host or device arrays in `src.data`."""
+def make(name: str, batch_size: int, num_classes: int = 0, **options: Any) -> Source:
+  """Builds the named source; its arrays (if any) are host or device arrays in `src.data`.
+
+  `num_classes > 0` (a conditional run): the source draws labelled batches
+  `(x0, x1, y1)`; ValueError (one sentence) if the data have no labels or
+  another number of classes.
+  """
   module = _module(name)
-  module.check_options(**options)
-  return module.make_source(batch_size, **options)
+  module.check_options(num_classes=num_classes, **options)
+  return module.make_source(batch_size, num_classes=num_classes, **options)
 
 
 def x0_sampler(name: str, shape: tuple[int, ...], **options: Any):

@@ -327,12 +327,14 @@ def load(path: str | None = None, dataset: str | None = None, split: str = "trai
 
 # ----------------------------------------------------------------------------- source
 
-def image_batches(batch_size: int, hflip: bool = True):
+def image_batches(batch_size: int, hflip: bool = True, labelled: bool = False):
   """`batch_fn(key, {"images": uint8 [N, H, W, C]}) -> (x0, x1)`, both float32 `[B, H, W, C]`.
 
   x1: `jax.random.randint` indices (with replacement) from the first of
   `split(key, 3)`, left-right flips from `bernoulli(0.5)` on the second, then
-  `to_float`; x0: `normal` on the third.
+  `to_float`; x0: `normal` on the third. `labelled`: the data also hold
+  `"labels"` int32 `[N]` and the batch is `(x0, x1, y1)` with `y1 = labels[idx]`
+  (the same indices, so x0 and x1 are those of the unlabelled batch).
   """
   def batch_fn(key, data):
     images = data["images"]
@@ -343,26 +345,51 @@ def image_batches(batch_size: int, hflip: bool = True):
       flip = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
       x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
     x1 = to_float(x)
-    return jax.random.normal(k_x0, x1.shape, jnp.float32), x1
+    x0 = jax.random.normal(k_x0, x1.shape, jnp.float32)
+    if labelled:
+      return x0, x1, data["labels"][idx]
+    return x0, x1
   return batch_fn
 
 
 def source(path: str | None = None, dataset: str | None = None, split: str = "train",
            batch_size: int = 128, hflip: bool = True, image_size: int | None = None,
-           limit: int | None = None, cache_dir: str | None = None) -> Source:
-  """An images `Source`: the dataset put on device as uint8, batches drawn in the step."""
+           limit: int | None = None, cache_dir: str | None = None, num_classes: int = 0) -> Source:
+  """An images `Source`: the dataset put on device as uint8, batches drawn in the step.
+
+  `num_classes > 0` (a conditional run): the labels go on device beside the
+  images and the batch is `(x0, x1, y1)`; ValueError unless the data have
+  exactly `num_classes` classes.
+  """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   arr, meta = load(path=path, dataset=dataset, split=split, image_size=image_size,
                    limit=limit, cache_dir=cache_dir)
   shape = tuple(arr.shape[1:])
+  labels, classes = meta["labels"], meta["classes"]
+  if num_classes:
+    if labels is None:
+      raise ValueError(f"model.num_classes={num_classes} asks for a conditional run, but the images of "
+                       f"{path or dataset} have no labels (no class sub-folders / no 'label' feature); "
+                       f"use labelled data or model.num_classes=0")
+    if len(classes) != num_classes:
+      raise ValueError(f"model.num_classes={num_classes} but the images of {path or dataset} have "
+                       f"{len(classes)} classes; set model.num_classes={len(classes)}")
 
   def sample_x0(key, n):
     return jax.random.normal(key, (n, *shape), jnp.float32)
 
-  return Source(name="images", shape=shape, batch_fn=image_batches(batch_size, hflip),
-                data={"images": jax.device_put(arr)}, sample_x0=sample_x0,
-                description=meta["description"], kind="images",
+  data = {"images": jax.device_put(arr)}
+  if num_classes:
+    data["labels"] = jax.device_put(np.asarray(labels, np.int32))
+  probs = None
+  if labels is not None:
+    counts = np.bincount(labels, minlength=len(classes))
+    probs = tuple(float(c) / len(labels) for c in counts)
+  return Source(name="images", shape=shape, batch_fn=image_batches(batch_size, hflip, labelled=bool(num_classes)),
+                data=data, sample_x0=sample_x0, description=meta["description"], kind="images",
+                classes=None if classes is None else tuple(classes), class_probs=probs,
+                labelled=bool(num_classes),
                 info={"sha256": meta["sha"], "num_images": int(arr.shape[0]), "skipped": meta["skipped"],
                       "converted": meta["converted"]})
 
@@ -401,13 +428,18 @@ def identity(**options) -> str | None:
   return folder.content_sha(kwargs["path"]) if kwargs["path"] else None
 
 
-def check_options(**options) -> None:
-  """Cheap validation of the config's `data` options (nothing is read or decoded)."""
+def check_options(num_classes: int = 0, **options) -> None:
+  """Cheap validation of the config's `data` options (nothing is read or decoded).
+
+  Whether the images have `num_classes` classes is known only once they are
+  listed, so `make_source` checks that.
+  """
+  del num_classes
   kwargs, _ = _from_config(**options)
   _check_options(kwargs["path"], kwargs["dataset"], kwargs["split"], kwargs["image_size"], kwargs["limit"])
 
 
-def make_source(batch_size: int, **options) -> Source:
+def make_source(batch_size: int, num_classes: int = 0, **options) -> Source:
   """The registry's entry point: `source(...)` from the config's `data` options."""
   kwargs, hflip = _from_config(**options)
-  return source(batch_size=batch_size, hflip=hflip, **kwargs)
+  return source(batch_size=batch_size, hflip=hflip, num_classes=num_classes, **kwargs)

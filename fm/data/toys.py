@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from fm.data.base import Source
 
-__all__ = ["sample", "log_prob", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES",
+__all__ = ["sample", "sample_labelled", "class_names", "check_labelled", "mode_centres", "LABELLED", "MODES", "log_prob", "parse_task", "check_options", "make_source", "x0_sampler", "NAMES",
            "TASKS", "DENSITIES"]
 
 _EIGHT_RADIUS = 5.0
@@ -27,10 +27,15 @@ def _gaussian(key, n):
   return jax.random.normal(key, (n, 2))
 
 
-def _eight_gaussians(key, n):
+def _eight_gaussians_labelled(key, n):
+  """Points `[n, 2]` and their modes `[n]`: mode k is centred at angle k pi / 4 (counter-clockwise from 0)."""
   k_c, k_n = jax.random.split(key)
   idx = jax.random.randint(k_c, (n,), 0, 8)
-  return _eight_centres()[idx] + 0.1 ** 0.25 * jax.random.normal(k_n, (n, 2))
+  return _eight_centres()[idx] + 0.1 ** 0.25 * jax.random.normal(k_n, (n, 2)), idx
+
+
+def _eight_gaussians(key, n):
+  return _eight_gaussians_labelled(key, n)[0]
 
 
 def _eight_centres():
@@ -38,14 +43,25 @@ def _eight_centres():
   return _EIGHT_RADIUS * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
 
 
-def _moons(key, n):
+def _moons_and_side(key, n):
+  """Points `[n, 2]` and whether each is on the upper moon `[n]` bool."""
   k_s, k_a, k_n = jax.random.split(key, 3)
   theta = jax.random.uniform(k_a, (n,), maxval=math.pi)
   upper = jax.random.bernoulli(k_s, 0.5, (n,))
   outer = jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1)
   inner = jnp.stack([1 - jnp.cos(theta), 0.5 - jnp.sin(theta)], axis=1)
   x = jnp.where(upper[:, None], outer, inner) + 0.2 * jax.random.normal(k_n, (n, 2))
-  return 3.0 * x - 1.0
+  return 3.0 * x - 1.0, upper
+
+
+def _moons_labelled(key, n):
+  """Points `[n, 2]` and their moon `[n]`: 0 = the upper moon, 1 = the lower one."""
+  x, upper = _moons_and_side(key, n)
+  return x, jnp.where(upper, 0, 1).astype(jnp.int32)
+
+
+def _moons(key, n):
+  return _moons_and_side(key, n)[0]
 
 
 def _scurve(key, n):
@@ -85,6 +101,15 @@ _SAMPLERS = {
 }
 NAMES = tuple(_SAMPLERS)
 
+# Toys whose points carry a class label: name -> (labelled sampler, class names).
+_LABELLED = {
+    "8gaussians": (_eight_gaussians_labelled, tuple(f"mode {k} ({45 * k} deg)" for k in range(8))),
+    "moons": (_moons_labelled, ("upper moon", "lower moon")),
+}
+LABELLED = tuple(_LABELLED)
+# Toys made of modes: name -> centres `[K, 2]` (mode k = label k), for conditional runs' mode accuracy.
+MODES = ("8gaussians",)
+
 
 def _gaussian_log_prob(x):
   return -0.5 * jnp.sum(jnp.square(x), axis=-1) - math.log(2 * math.pi)
@@ -114,6 +139,39 @@ def sample(name: str, key, n: int):
   return _SAMPLERS[name](key, n).astype(jnp.float32)
 
 
+def sample_labelled(name: str, key, n: int):
+  """`(x [n, 2] float32, y [n] int32)`: the points of `sample(name, key, n)` (the same ones) and their classes.
+
+  Only the toys in `LABELLED`: `8gaussians` labels a point by its mode k = 0..7,
+  the centre at angle k pi / 4 counter-clockwise from the x axis; `moons` by its
+  moon, 0 upper and 1 lower. Classes are equally likely in both.
+  """
+  check_labelled(name)
+  x, y = _LABELLED[name][0](key, n)
+  return x.astype(jnp.float32), y.astype(jnp.int32)
+
+
+def class_names(name: str) -> tuple[str, ...]:
+  """The class names of a labelled toy (index = label)."""
+  check_labelled(name)
+  return _LABELLED[name][1]
+
+
+def mode_centres(name: str):
+  """The mode centres `[K, 2]` of a toy in `MODES` (row k is the centre of label k)."""
+  if name not in MODES:
+    raise ValueError(f"toy {name!r} has no modes; toys with modes: {', '.join(MODES)}")
+  return _eight_centres()
+
+
+def check_labelled(name: str) -> None:
+  """ValueError unless toy `name` has class labels."""
+  _check(name)
+  if name not in _LABELLED:
+    raise ValueError(f"toy {name!r} has no class labels, so it cannot be the target of a conditional run "
+                     f"(model.num_classes > 0); toys with labels: {', '.join(LABELLED)}")
+
+
 def log_prob(name: str, x):
   """Closed-form log density `[n]` of toy `name` at `x` `[n, 2]` (only the toys in DENSITIES).
 
@@ -136,13 +194,24 @@ def parse_task(task: str) -> tuple[str, str]:
   return parts[0], parts[1]
 
 
-def check_options(task: str = "8gaussians->moons") -> None:
-  """ValueError unless `task` is "source->target" with known toys."""
-  parse_task(task)
+def check_options(task: str = "8gaussians->moons", num_classes: int = 0) -> None:
+  """ValueError unless `task` is "source->target" with known toys (with `num_classes` labels if > 0)."""
+  _, target = parse_task(task)
+  if num_classes:
+    check_labelled(target)
+    if num_classes != len(_LABELLED[target][1]):
+      raise ValueError(f"model.num_classes={num_classes} but the target {target!r} has "
+                       f"{len(_LABELLED[target][1])} classes; set model.num_classes={len(_LABELLED[target][1])}")
 
 
-def make_source(batch_size: int, task: str = "8gaussians->moons") -> Source:
-  """Fresh source and target samples of `task` every step (no stored data)."""
+def make_source(batch_size: int, task: str = "8gaussians->moons", num_classes: int = 0) -> Source:
+  """Fresh source and target samples of `task` every step (no stored data).
+
+  With `num_classes > 0` (a conditional run) the batch is `(x0, x1, y1)`: the
+  target's labels come with its points (`sample_labelled`, the same points as
+  the unconditional draw).
+  """
+  check_options(task, num_classes)
   source, target = parse_task(task)
 
   def batch_fn(key, data):
@@ -150,9 +219,17 @@ def make_source(batch_size: int, task: str = "8gaussians->moons") -> Source:
     k0, k1 = jax.random.split(key)
     return sample(source, k0, batch_size), sample(target, k1, batch_size)
 
-  return Source(name="toy", shape=(2,), batch_fn=batch_fn, data=None,
+  def labelled_batch_fn(key, data):
+    del data
+    k0, k1 = jax.random.split(key)
+    return (sample(source, k0, batch_size), *sample_labelled(target, k1, batch_size))
+
+  classes = _LABELLED[target][1] if target in _LABELLED else None
+  return Source(name="toy", shape=(2,), batch_fn=labelled_batch_fn if num_classes else batch_fn, data=None,
                 sample_x0=lambda key, n: sample(source, key, n),
-                description=f"fm.data.toys (generated): {task}", kind="points")
+                description=f"fm.data.toys (generated): {task}", kind="points",
+                classes=classes, class_probs=None if classes is None else (1 / len(classes),) * len(classes),
+                labelled=bool(num_classes))
 
 
 def x0_sampler(shape=(2,), task: str = "8gaussians->moons"):

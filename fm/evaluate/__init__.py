@@ -60,4 +60,5 @@ def periodic(run, source, config, workdir):
     return []
   from fm.evaluate import images  # pylint: disable=g-import-not-at-top
   return [images.GridEvaluator(run, source.sample_x0, workdir, num=config.eval.get("grid_num", 64),
-                               steps=config.eval.get("grid_steps", 20), seed=config.eval.get("seed", 0))]
+                               steps=config.eval.get("grid_steps", 20), seed=config.eval.get("seed", 0),
+                               class_names=source.classes)]

@@ -38,19 +38,27 @@ def missing_weights(path: str | os.PathLike) -> str:
 
 def features_of_run(run: recipe.Run, params, sample_x0, inception: dict, *, num: int, seed: int, solver: str,
                     rtol: float, atol: float, steps: int | None, batch_size: int = 256, fid_batch_size: int = 50,
-                    preprocessing: str = fid.DEFAULT_PREPROCESSING,
-                    progress: bool = True, noise: float = 0.0, path=None) -> tuple[np.ndarray, dict[str, Any]]:
+                    preprocessing: str = fid.DEFAULT_PREPROCESSING, progress: bool = True,
+                    labels: np.ndarray | None = None, guidance: float = 1.0, noise: float = 0.0,
+                    path=None) -> tuple[np.ndarray, dict[str, Any]]:
   """Pool3 features `[num, 2048]` of `num` generated images and the sampling's NFE and settings.
 
-  `noise`, `path`: an SDE solver's diffusion scale and the run's path.
+  A conditional run samples image i with label `labels[i]` (`[num]`, e.g. drawn
+  from the training label distribution) at scale `guidance`; the settings add
+  `guidance` and `network_passes` (mean per batch). `noise`, `path`: an SDE
+  solver's diffusion scale and the run's path.
   """
   samples, info = sampling.sample(run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,
                                   solver, rtol=rtol, atol=atol, steps=steps, postprocess=images_lib.to_uint8,
-                                  progress=progress, desc=f"FID samples ({solver})", noise=noise, path=path)
+                                  progress=progress, desc=f"FID samples ({solver})", labels=labels,
+                                  guidance=guidance, noise=noise, path=path)
   feats = fid.inception_features(inception, samples, batch_size=fid_batch_size, preprocessing=preprocessing)
   nfe = info["nfe_per_batch"]
-  return feats, {"nfe": float(np.mean(nfe)), "nfe_total": info["nfe_total"], "num_samples": num,
-                 "batch_size": batch_size, "success": info["success"], "fid_preprocessing": preprocessing}
+  out = {"nfe": float(np.mean(nfe)), "nfe_total": info["nfe_total"], "num_samples": num,
+         "batch_size": batch_size, "success": info["success"], "fid_preprocessing": preprocessing}
+  if labels is not None:
+    out.update(guidance=float(guidance), network_passes=info["network_passes_total"] / len(nfe))
+  return feats, out
 
 
 def fid_of_features(feats: np.ndarray, mu: np.ndarray, sigma: np.ndarray, subsets: int = 5) -> dict[str, Any]:
@@ -73,8 +81,10 @@ def kid_of_features(feats: np.ndarray, ref_feats: np.ndarray, seed: int) -> dict
           "kid_subsets": r["num_subsets"]}
 
 
-def held_out(kwargs: Mapping[str, Any], num: int, seed: int) -> tuple[np.ndarray | None, str]:
+def held_out(kwargs: Mapping[str, Any], num: int, seed: int, with_labels: bool = False):
   """Held-out uint8 images `[n, H, W, 3]` (n = min(num, available)) and where they come from.
+
+  `with_labels`: `(images, labels [n] or None, where)` instead of `(images, where)`.
 
   `kwargs` are the run's `fm.data.images.load` arguments. The test split is used
   if the source has one; else, for a run trained on the first `limit` images, the
@@ -94,24 +104,29 @@ def held_out(kwargs: Mapping[str, Any], num: int, seed: int) -> tuple[np.ndarray
         raise
   if arr is None:
     if not limit:
-      return None, (f"bits/dim skipped: the data source has no test split and the run trained on all of "
-                    f"split {split!r}, so no images are held out (train with data.limit=N to hold out the rest).")
+      why = (f"bits/dim skipped: the data source has no test split and the run trained on all of "
+             f"split {split!r}, so no images are held out (train with data.limit=N to hold out the rest).")
+      return (None, None, why) if with_labels else (None, why)
     arr, meta = images_lib.load(split=split, **common)
     arr = arr[limit:]
+    meta = {**meta, "labels": None if meta["labels"] is None else meta["labels"][limit:]}
     where = f"{meta['description']}, images {limit}.. (after data.limit)"
     if not len(arr):
-      return None, f"bits/dim skipped: split {split!r} has no images beyond data.limit={limit} to hold out."
+      why = f"bits/dim skipped: split {split!r} has no images beyond data.limit={limit} to hold out."
+      return (None, None, why) if with_labels else (None, why)
+  labels = meta["labels"]
   if num < len(arr):
     idx = np.sort(np.random.default_rng(seed).choice(len(arr), num, replace=False))
     where += f"; random subset of {num} of {len(arr)} (numpy default_rng({seed}))"
     arr = arr[idx]
-  return arr, where
+    labels = None if labels is None else labels[idx]
+  return (arr, labels, where) if with_labels else (arr, where)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "divergence", "num_probes", "solver", "rtol", "atol",
                                              "steps"))
-def _bpd_batch(model, params, images, key, divergence, num_probes, solver, rtol, atol, steps):
-  v = recipe.velocity(model, params)
+def _bpd_batch(model, params, images, key, divergence, num_probes, solver, rtol, atol, steps, labels=None):
+  v = recipe.velocity(model, params) if labels is None else recipe.velocity(model, params, y=labels)
   bpd, info = likelihood.bits_per_dim(v, images, key=key, divergence=divergence, num_probes=num_probes,
                                       solver=solver, rtol=rtol, atol=atol, steps=steps)
   return bpd, info["nfe"], info["success"]
@@ -119,8 +134,11 @@ def _bpd_batch(model, params, images, key, divergence, num_probes, solver, rtol,
 
 def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, divergence: str,
                num_probes: int = 1, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-               steps: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+               steps: int | None = None, batch_size: int = 64, labels: np.ndarray | None = None) -> dict[str, Any]:
   """Mean bits/dim of uint8 `images` `[N, H, W, C]` with its standard error, NFE and settings.
+
+  A conditional run passes the images' true `labels` `[N]`: the bits/dim are
+  then conditional on them, -log2 p(x | y) / dim, with the conditional field.
 
   The last batch is padded with copies of its first image (one compiled shape), and
   the padding dropped. With dopri5 a batch shares its step sizes, so values depend
@@ -137,6 +155,9 @@ def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, diverg
     count = len(chunk)
     if count < b:
       chunk = np.concatenate([chunk, np.repeat(chunk[:1], b - count, axis=0)])
+    if labels is not None:
+      lab = np.asarray(labels[start:start + b], np.int32)
+      kw["labels"] = jnp.asarray(np.concatenate([lab, np.repeat(lab[:1], b - count)]))
     bpd, e, s = _bpd_batch(run.model, params, jnp.asarray(chunk), jax.random.fold_in(base, j),
                            divergence, int(num_probes), solver, **kw)
     out.append(np.asarray(bpd)[:count])
@@ -148,4 +169,5 @@ def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, diverg
           "num_images": n, "divergence": divergence if divergence == "exact" else "hutchinson-rademacher",
           "num_probes": None if divergence == "exact" else int(num_probes), "nfe": float(np.mean(nfe)),
           "nfe_total": int(sum(nfe)), "network_passes_per_nfe": passes, "batch_size": b, "success": ok,
-          "dequantization": "uniform, one draw per image"}
+          "dequantization": "uniform, one draw per image",
+          **({"conditional_on": "true labels"} if labels is not None else {})}

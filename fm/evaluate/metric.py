@@ -56,6 +56,7 @@ class Options:
   divergence: str | None = None
   num_probes: int = 1
   progress: bool = True
+  guidance: float | None = None   # conditional runs: None = the run's cond.guidance
   sde_noise: float | None = None   # SDE solvers: the diffusion scale (None: 1)
 
 
@@ -88,7 +89,19 @@ class Context:
     self.divergence = opts.divergence or _DEFAULT_DIVERGENCE[self.kind]
     self.base = {"step": self.step, "method": self.run.config.method, "data": info["description"],
                  "seed": self.seed}
+    # A conditional run (docs/conditional.md): its metrics sample at `guidance`, recorded in every record.
+    self.num_classes = self.run.model.num_classes or 0
+    self.class_probs = info.get("class_probs")
+    self.source_info = info
+    self.guidance = 1.0
+    if self.num_classes:
+      self.set_guidance(recipe.cond_settings(self.run.config)[1] if opts.guidance is None else opts.guidance)
     self._shared: dict[str, Any] = {}
+
+  def set_guidance(self, guidance: float) -> None:
+    """The guidance scale the metrics sample at from now on (conditional runs; a guidance sweep)."""
+    self.guidance = float(guidance)
+    self.base["guidance"] = self.guidance
 
   def num(self, metric: "Metric") -> int:
     """`--num` if given, else the metric's default for this run."""

@@ -15,15 +15,25 @@ def save(fig, path: str) -> None:
     fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
-__all__ = ["save", "scatter", "draw_trajectories", "trajectories_figure", "nfe_curves", "images_figure"]
+__all__ = ["save", "scatter", "draw_trajectories", "trajectories_figure", "nfe_curves", "images_figure",
+           "against"]
 
 
-def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "") -> None:
-  """Scatter of `samples` `[n, 2]` (end points, t = 1) over optional `reference` points, saved to `path`."""
+def scatter(path: str, samples: np.ndarray, reference: np.ndarray | None = None, title: str = "",
+            labels: np.ndarray | None = None) -> None:
+  """Scatter of `samples` `[n, 2]` (end points, t = 1) over optional `reference` points, saved to `path`.
+
+  With class `labels` `[n]` (a conditional run) the samples are coloured by class.
+  """
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   if reference is not None:
     ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.7", label="target (held out)")
-  ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="samples x1 (t = 1)")
+  if labels is None:
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="samples x1 (t = 1)")
+  else:
+    for k in dict.fromkeys(int(v) for v in labels):
+      pts = samples[np.asarray(labels) == k]
+      ax.scatter(pts[:, 0], pts[:, 1], s=2, color=plt.cm.tab10(k % 10), label=f"class {k}")
   ax.set_title(title, fontsize=9)
   ax.set_aspect("equal")
   ax.legend(loc="upper right", fontsize=7, markerscale=3)
@@ -94,5 +104,17 @@ def images_figure(path: str, panels: list[tuple[str, np.ndarray]]) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
+  fig.tight_layout()
+  save(fig, path)
+
+
+def against(path: str, x_label: str, xs, panels: list[tuple[str, list]], title: str = "") -> None:
+  """One panel per `(title, ys)` of `ys` against `xs` (e.g. a metric against the guidance scale)."""
+  fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 3), squeeze=False)
+  for ax, (name, ys) in zip(axes[0], panels):
+    ax.plot(xs, ys, "o-")
+    ax.set_xlabel(x_label)
+    ax.set_title(name, fontsize=9)
+  fig.suptitle(title, fontsize=8)
   fig.tight_layout()
   save(fig, path)

@@ -22,6 +22,7 @@ the eval settings, provenance, and the records themselves under `records`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,12 +30,13 @@ import time
 from typing import Any
 
 from fm import likelihood, provenance, solvers
-from fm.evaluate import nfe_sweep, records, registry
+from fm.evaluate import conditional, nfe_sweep, records, registry
 from fm.evaluate.metric import SAMPLE_METRICS, Context, Options
 from fm.io import files
 from fm import recipe
 
-__all__ = ["Options", "EVAL_JSON", "check", "evaluate", "sweep", "evaluate_at_end", "up_to_date", "read_view"]
+__all__ = ["Options", "EVAL_JSON", "check", "evaluate", "sweep", "guidance_sweep", "evaluate_at_end", "up_to_date",
+           "read_view"]
 
 EVAL_JSON = "eval.json"
 _INCEPTION = ("fid", "kid")   # metrics of the Inception features (one set of samples per solver setting)
@@ -198,3 +200,61 @@ def up_to_date(workdir: str, step: int) -> dict[str, Any] | None:
   if result.get("eval_settings") != recipe.read_config(workdir).eval.to_dict():
     return None
   return result
+
+
+_GUIDANCE_DEFAULT = {"images": ("fid",), "points": ("w2",)}
+
+
+def guidance_sweep(workdir: str, scales, opts: Options) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+  """A conditional run's metrics at each guidance scale in `scales`; appends every record to `eval.jsonl` and
+  writes `guidance_sweep.{md,csv,png}`. Returns `(rows, paths, skipped)`.
+
+  Default metrics: fid (images, labels from the training distribution) and w2
+  (toys, with per-class W2 and mode accuracy). Image runs also get a per-class
+  grid at each scale (`samples/guidance_<s>.png`, 8 per class, the sweep's
+  solver), so a sweep without Inception weights still has its NFE, network
+  passes and pictures. ValueError (one sentence) for an unconditional run.
+  """
+  kind = recipe.read_source_info(workdir)["kind"]
+  names = check(kind, dataclasses.replace(opts, metrics=opts.metrics or _GUIDANCE_DEFAULT[kind]))
+  ctx = Context(workdir, opts)
+  if not ctx.num_classes:
+    raise ValueError(f"--guidance-sweep is for class-conditional runs, and {workdir} is unconditional "
+                     f"(model.num_classes = 0)")
+  active, skipped = _ready(ctx, names)
+  rows = []
+  for s in scales:
+    ctx.set_guidance(s)
+    row = {"guidance": float(s)}
+    for name, metric in active.items():
+      rec = _compute(ctx, metric, opts.solver, steps=opts.steps, sweep="guidance")
+      row[name] = rec["value"]
+      for key in ("mode_accuracy", "w2_class_mean"):
+        if key in rec:
+          row[key] = rec[key]
+      row.setdefault("nfe", rec["nfe"])
+      row.setdefault("network_passes", rec.get("network_passes"))
+    if kind == "images":
+      row.update(_guidance_grid(ctx, opts))
+    rows.append(row)
+  columns = [c for c in rows[0] if c != "guidance"]
+  caption = (f"{ctx.base['method']} at step {ctx.step}, guidance sweep ({opts.solver}). Data: {ctx.base['data']}; "
+             f"seed {ctx.seed}" + ("; FID labels from the training distribution" if "fid" in active else "") +
+             "; NFE per trajectory (mean over batches); network passes = NFE, or 2 NFE for guidance not 0 or 1.")
+  paths = conditional.write_guidance_sweep(workdir, rows, columns, caption)
+  return rows, paths, skipped
+
+
+def _guidance_grid(ctx: Context, opts: Options) -> dict[str, Any]:
+  """A per-class grid (8 images of every class) at the context's guidance: its path, NFE and network passes."""
+  from fm.evaluate import images  # pylint: disable=g-import-not-at-top
+  per = 8
+  out = os.path.join(ctx.workdir, "samples", f"guidance_{ctx.guidance:g}.npz")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  info = images.sample_run(ctx.run, ctx.params, ctx.step, out, opts.solver, num=per * ctx.num_classes,
+                           seed=ctx.seed, rtol=ctx.rtol, atol=ctx.atol, steps=opts.steps,
+                           batch_size=min(ctx.batch_size, per * ctx.num_classes), progress=False,
+                           classes=list(range(ctx.num_classes)), guidance=ctx.guidance, source_info=ctx.source_info)
+  n = len(info["nfe_per_batch"])
+  return {"grid": os.path.relpath(info["png"], ctx.workdir), "grid_nfe": info["nfe"] / n,
+          "grid_network_passes": info["network_passes"] / n}

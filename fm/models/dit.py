@@ -128,7 +128,7 @@ class DiT(nn.Module):
     depth, hidden_size, num_heads, patch_size: override the entries of `size` when set
       (None or 0: the preset's value).
     mlp_ratio: MLP width over hidden size (4 in DiT).
-    num_classes: if set, the model is class-conditional and needs `y` `[B]` int labels
+    num_classes: if > 0, the model is class-conditional and needs `y` `[B]` int labels
       in [0, num_classes]; label `num_classes` is the "no class" token (DiT's extra
       embedding row for classifier-free guidance), so a trainer can drop labels by
       writing `num_classes`.
@@ -167,8 +167,10 @@ class DiT(nn.Module):
                        "(the 2-D position embedding)")
     if isinstance(self.outputs, bool) or not isinstance(self.outputs, int) or self.outputs < 1:
       raise ValueError(f"DiT outputs={self.outputs!r} is invalid; valid: a positive integer")
-    if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
-      raise ValueError(f"DiT num_classes={self.num_classes!r} is invalid; valid: None or a positive integer")
+    if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                         or self.num_classes < 0):
+      raise ValueError(f"DiT num_classes={self.num_classes!r} is invalid; valid: a positive integer, or 0 / None "
+                       f"(unconditional)")
     try:
       ok = jnp.dtype(self.dtype).name in DTYPES
     except TypeError:
@@ -211,7 +213,7 @@ class DiT(nn.Module):
     if hh % p or ww % p:
       raise ValueError(f"image size {hh}x{ww} is not divisible by the DiT patch size {p}; "
                        f"valid sizes are multiples of {p}")
-    if (y is None) != (self.num_classes is None):
+    if (y is None) == bool(self.num_classes):
       raise ValueError("DiT labels y must be given exactly when num_classes is set "
                        f"(num_classes={self.num_classes}, y given: {y is not None})")
     gh, gw = hh // p, ww // p
@@ -232,7 +234,7 @@ class DiT(nn.Module):
       c2 = nn.Dense(d, dtype=dt, kernel_init=_normal02, name="r_embedder_mlp_0")(c2.astype(dt))
       c = c + nn.Dense(d, dtype=dt, kernel_init=_normal02, name="r_embedder_mlp_2")(nn.silu(c2))
     c = c.astype(jnp.float32)
-    if self.num_classes is not None:
+    if self.num_classes:
       table = nn.Embed(self.num_classes + 1, d, embedding_init=_normal02, name="y_embedder")
       c = c + table(jnp.asarray(y, jnp.int32))
 

@@ -156,7 +156,9 @@ class UNet(nn.Module):
   """ADM UNet velocity field `v(t, x)` with TorchCFM `UNetModelWrapper` arguments.
 
   The image size is read from the input. TorchCFM's `class_cond` / `num_classes` pair is one
-  argument here: `num_classes=None` (unconditional) or the number of labels; `learn_sigma`,
+  argument here: `num_classes=None` or 0 (unconditional) or the number of labels; the label
+  embedding has one more row than TorchCFM's, label `num_classes`, the null class of
+  classifier-free guidance (as DiT's); `learn_sigma`,
   `use_checkpoint` and `use_fp16` are not offered (`dtype` replaces the last).
 
   Attributes:
@@ -172,7 +174,8 @@ class UNet(nn.Module):
     dropout: dropout rate inside the ResBlocks (active only with `train=True`).
     resblock_updown: resample with ResBlocks instead of strided / nearest convs.
     use_new_attention_order: split qkv before heads (False: TorchCFM's legacy order).
-    num_classes: number of class labels for a label embedding, or None.
+    num_classes: number of class labels for a label embedding (`y` in [0, num_classes],
+      `num_classes` = no class), or None / 0 for an unconditional net.
     dtype: compute dtype ("float32", "bfloat16", ...); parameters, GroupNorm and softmax stay float32.
     second_time: embed a second time `t2` (MeanFlow's interval length) like t, through its own
       `time_embed_r_0/2` layers, added to the time embedding; every other parameter keeps
@@ -231,8 +234,9 @@ class UNet(nn.Module):
       raise ValueError(f"num_heads_upsample {self.num_heads_upsample!r} must be positive or -1")
     if self.num_head_channels != -1 and self.num_head_channels < 1:
       raise ValueError(f"num_head_channels {self.num_head_channels!r} must be positive or -1")
-    if self.num_classes is not None and self.num_classes < 1:
-      raise ValueError(f"num_classes {self.num_classes!r} must be a positive integer or None")
+    if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                         or self.num_classes < 0):
+      raise ValueError(f"num_classes {self.num_classes!r} must be a positive integer, or 0 / None (unconditional)")
 
   def check_shape(self, shape: tuple[int, ...]) -> None:
     """ValueError unless images `[H, W, C]` of `shape` fit: the default channel_mult exists, every
@@ -295,7 +299,7 @@ class UNet(nn.Module):
     f = 2 ** (len(mult) - 1)
     if height % f or width % f:
       raise ValueError(f"image size {height}x{width} must be divisible by {f} for {len(mult)} levels")
-    if (y is None) != (self.num_classes is None):
+    if (y is None) == bool(self.num_classes):
       raise ValueError(f"labels y must be given if and only if num_classes is set (num_classes={self.num_classes})")
     attn_ds = {width // r for r in _parse_resolutions(self.attention_resolutions)}
     heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
@@ -309,8 +313,8 @@ class UNet(nn.Module):
       t2 = jnp.broadcast_to(jnp.asarray(t2, jnp.float32).reshape(-1), (b,))
       emb2 = _dense(4 * nc, "time_embed_r_0", dt)(timestep_embedding(t2, nc))
       emb = emb + _dense(4 * nc, "time_embed_r_2", dt)(nn.silu(emb2))
-    if self.num_classes is not None:
-      emb = emb + nn.Embed(self.num_classes, 4 * nc, dtype=dt, embedding_init=nn.initializers.normal(1.0),
+    if self.num_classes:
+      emb = emb + nn.Embed(self.num_classes + 1, 4 * nc, dtype=dt, embedding_init=nn.initializers.normal(1.0),
                            name="label_emb")(y)
 
     def res(out, name, **kw):
@@ -385,11 +389,13 @@ def from_torch(model: UNet, state_dict: Mapping[str, Any], image_shape=(32, 32, 
   state_dict maps TorchCFM's names to arrays (numpy or anything `np.asarray` takes). Conv
   weights go OIHW -> HWIO, Linear and the 1x1 Conv1d of attention are transposed, GroupNorm
   weights become `scale`. image_shape `(H, W, C)` fixes the architecture (default channel_mult,
-  attention levels). Raises ValueError naming any missing or unexpected key or bad shape.
+  attention levels). TorchCFM's label embedding has no null-class row: a zero row is appended
+  (so guidance needs fine-tuning with label dropout first). Raises ValueError naming any
+  missing or unexpected key or bad shape.
   """
   x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
-  y = None if model.num_classes is None else jax.ShapeDtypeStruct((1,), jnp.int32)
+  y = jax.ShapeDtypeStruct((1,), jnp.int32) if model.num_classes else None
   shapes = jax.eval_shape(lambda t, x, y: model.init(jax.random.PRNGKey(0), t, x, y), t, x, y)["params"]
   flat = traverse_util.flatten_dict(shapes)
   leaves = {}
@@ -416,6 +422,8 @@ def from_torch(model: UNet, state_dict: Mapping[str, Any], image_shape=(32, 32, 
     else:
       key = "embedding" if "embedding" in kinds else "scale"
     want = flat.get((*mod, key))
+    if key == "embedding" and want is not None and w.ndim == 2 and w.shape[0] + 1 == want.shape[0]:
+      w = np.concatenate([w, np.zeros((1, w.shape[1]), w.dtype)])   # the null class (see the docstring)
     if want is None or tuple(want.shape) != w.shape:
       raise ValueError(f"key {name!r} has shape {np.shape(state_dict[name])}, which does not map to "
                        f"{'/'.join((*mod, key))} of shape {None if want is None else tuple(want.shape)}")

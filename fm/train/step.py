@@ -36,21 +36,20 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, batch_fn: 
   """Builds the (unjitted) multi-step function; `jax.jit(f, donate_argnums=0)` it.
 
   Args:
-    loss_fn: `loss_fn(params, key, x0, x1) -> (loss, aux)` with aux a dict of scalars;
+    loss_fn: `loss_fn(params, key, *batch) -> (loss, aux)` with aux a dict of scalars;
       `key` is the step's loss key (the model's dropout may fold its own stream from it).
     optimizer: optax transformation.
-    batch_fn: `batch_fn(key, data) -> (x0, x1)`.
+    batch_fn: `batch_fn(key, data) -> batch`, `(x0, x1)` or, labelled, `(x0, x1, y1)`.
     ema_decay: EMA decay of `ema_params`.
     data_sharding: optional sharding of the batch (data parallelism over a mesh).
   """
   def one_step(state: TrainState, data):
     key = jax.random.fold_in(state.key, state.step)
     k_data, k_loss = jax.random.split(key)
-    x0, x1 = batch_fn(k_data, data)
+    batch = batch_fn(k_data, data)
     if data_sharding is not None:
-      x0 = jax.lax.with_sharding_constraint(x0, data_sharding)
-      x1 = jax.lax.with_sharding_constraint(x1, data_sharding)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, k_loss, x0, x1)
+      batch = tuple(jax.lax.with_sharding_constraint(b, data_sharding) for b in batch)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, k_loss, *batch)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

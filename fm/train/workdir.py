@@ -334,15 +334,20 @@ def read_config(workdir: str):
 
 
 def write_source_info(workdir: str, source) -> None:
-  """Records the training data's shape, kind, provenance and identity in `workdir/source.json`.
+  """Records the training data's shape, kind, provenance, identity and classes in `workdir/source.json`.
 
   `sha256` is the content key of the data (`fm.data.identity`), by which a
   resumed run recognises its data at another path; `skipped` and `converted`
-  are what loading it skipped or converted (`fm.data.folder`).
+  are what loading it skipped or converted (`fm.data.folder`). Data with
+  labels add `classes` (names, index = label) and `class_probs` (their
+  frequencies in the training data: what conditional sampling draws from).
   """
-  files.write_json(os.path.join(workdir, SOURCE_FILE),   # process 0
-                   {"name": source.name, "shape": list(source.shape), "kind": source.kind,
-                    "description": source.description, **source.info}, sort_keys=True)
+  info = {"name": source.name, "shape": list(source.shape), "kind": source.kind,
+          "description": source.description, **getattr(source, "info", {})}
+  if getattr(source, "classes", None) is not None:
+    info["classes"] = list(source.classes)
+    info["class_probs"] = list(source.class_probs)
+  files.write_json(os.path.join(workdir, SOURCE_FILE), info, sort_keys=True)   # process 0
 
 
 def read_source_info(workdir: str) -> dict[str, Any]:

@@ -295,6 +295,29 @@ def test_shared_cifar10_tarball_full(tmp_path):
   assert m2["cached"] and time.perf_counter() - t < 10 and again.tobytes() == arr.tobytes()
 
 
+def test_labelled_source_draws_labels_with_the_same_indices(tmp_path):
+  expect = _split_folder(tmp_path / "ds")
+  src = images.source(path=str(tmp_path / "ds"), split="train", batch_size=64, hflip=False,
+                      cache_dir=tmp_path / "c", num_classes=2)
+  plain = images.source(path=str(tmp_path / "ds"), split="train", batch_size=64, hflip=False,
+                        cache_dir=tmp_path / "c")
+  assert src.labelled and not plain.labelled and src.classes == plain.classes == ("cat", "dog")
+  assert src.class_probs == pytest.approx((3 / 7, 4 / 7))   # nested/zz.jpg is a fourth dog
+  key = jax.random.PRNGKey(0)
+  x0, x1, y1 = jax.jit(src.batch_fn)(key, src.data)
+  u0, u1 = jax.jit(plain.batch_fn)(key, plain.data)
+  np.testing.assert_array_equal(x0, u0)
+  np.testing.assert_array_equal(x1, u1)
+  idx = np.asarray(_draws(key, 7, 64)[0])
+  labels = np.asarray(src.data["labels"])
+  np.testing.assert_array_equal(np.asarray(y1), labels[idx])
+  np.testing.assert_array_equal(labels[:3], expect["train"][1][:3])
+  with pytest.raises(ValueError, match="have 2 classes; set model.num_classes=2"):
+    images.source(path=str(tmp_path / "ds"), batch_size=4, cache_dir=tmp_path / "c", num_classes=10)
+  flat = tmp_path / "flat"
+  _save(flat, "a.png", _rgb(0))
+  with pytest.raises(ValueError, match="have no labels"):
+    images.source(path=str(flat), batch_size=4, cache_dir=tmp_path / "c", num_classes=2)
 def test_undecodable_images_skipped_up_to_one_in_a_thousand(tmp_path):
   """One corrupt image among good ones is skipped and counted (labels stay aligned); more than
   max(1, N // 1000) are refused, naming the first."""

@@ -62,3 +62,44 @@ def test_log_prob_closed_forms():
   assert np.mean(np.asarray(toys.log_prob("8gaussians", s))) > np.mean(np.asarray(toys.log_prob("8gaussians", x)))
   with pytest.raises(ValueError, match="no closed-form density; toys with one: gaussian, 8gaussians"):
     toys.log_prob("moons", x)
+
+
+@pytest.mark.parametrize("name", toys.LABELLED)
+def test_labels_come_with_the_same_points(name):
+  key = jax.random.PRNGKey(3)
+  x, y = toys.sample_labelled(name, key, 4000)
+  np.testing.assert_array_equal(np.asarray(x), np.asarray(toys.sample(name, key, 4000)))
+  y = np.asarray(y)
+  k = len(toys.class_names(name))
+  assert y.dtype == np.int32 and set(np.unique(y)) == set(range(k))
+  assert np.all(np.abs(np.bincount(y) / len(y) - 1 / k) < 0.03)   # classes equally likely
+
+
+def test_8gaussians_label_is_the_mode_counter_clockwise_from_angle_0():
+  x, y = map(np.asarray, toys.sample_labelled("8gaussians", jax.random.PRNGKey(0), 5000))
+  angle = np.mod(np.degrees(np.arctan2(x[:, 1], x[:, 0])), 360)
+  nearest = np.round(angle / 45).astype(int) % 8
+  assert (nearest == y).mean() > 0.995   # std 0.56 at radius 5: ~0.1% fall past the 22.5 deg boundary
+  np.testing.assert_allclose(np.asarray(toys.mode_centres("8gaussians"))[2], [0.0, 5.0], atol=1e-6)
+
+
+def test_moons_label_is_the_moon():
+  """Moon 0 is the upper arc (centre of mass above), moon 1 the lower one, mirrored."""
+  x, y = map(np.asarray, toys.sample_labelled("moons", jax.random.PRNGKey(0), 4000))
+  upper, lower = x[y == 0], x[y == 1]
+  assert upper[:, 1].mean() > lower[:, 1].mean() + 1.0
+  # noise-free arcs: the upper moon is 3 (cos, sin) - 1 and the lower 3 (1 - cos, 0.5 - sin) - 1
+  assert upper[:, 0].mean() < lower[:, 0].mean()
+
+
+def test_unlabelled_target_refused_for_a_conditional_run():
+  with pytest.raises(ValueError, match="toy 'scurve' has no class labels.*toys with labels: 8gaussians, moons"):
+    toys.check_options("gaussian->scurve", num_classes=2)
+  with pytest.raises(ValueError, match="set model.num_classes=2"):
+    toys.check_options("gaussian->moons", num_classes=8)
+  src = toys.make_source(16, "8gaussians->moons", num_classes=2)
+  x0, x1, y1 = src.batch_fn(jax.random.PRNGKey(0), None)
+  u0, u1 = toys.make_source(16, "8gaussians->moons").batch_fn(jax.random.PRNGKey(0), None)
+  np.testing.assert_array_equal(x0, u0)
+  np.testing.assert_array_equal(x1, u1)   # the labelled batch draws the same points
+  assert src.labelled and y1.shape == (16,) and src.classes == ("upper moon", "lower moon")

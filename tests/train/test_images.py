@@ -88,6 +88,29 @@ def test_image_run_resumes_bitwise(folder, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_conditional_image_run_end_to_end(folder, tmp_path):
+  """Labels from the class folders through training, the per-class periodic grid, sampling by class and eval."""
+  from PIL import Image
+  from fm import cli
+  workdir = str(tmp_path / "cond")
+  config = _config(folder, **{"model.num_classes": "2", "cond.drop_prob": "0.5", "cond.guidance": "2.0"})
+  result = experiment.train_and_evaluate(config, workdir)
+  assert result["step"] == 20 and result["dopri5_success"] and result["guidance"] == 2.0
+  assert result["network_passes"] == 2 * result["nfe_total"]
+  with open(os.path.join(workdir, "source.json")) as f:
+    source = json.load(f)
+  assert source["classes"] == ["a", "b"] and source["class_probs"] == [0.5, 0.5]
+  with Image.open(os.path.join(workdir, "samples", "grid_00000020.png")) as im:   # 2 rows of 32 (64 // 2)
+    assert im.height == 2 * (2 * (8 + 2) + 2)
+  out = str(tmp_path / "all.npz")
+  assert cli.main(["sample", "--workdir", workdir, "--classes", "all", "--num", "6", "--solver", "euler",
+                   "--steps", "3", "--out", out]) == 0
+  with np.load(out) as f:
+    assert list(f["labels"]) == [0, 0, 0, 1, 1, 1] and float(f["guidance"]) == 2.0
+    assert int(f["nfe_total"]) == 3 and int(f["network_passes_total"]) == 6
+    assert list(f["classes"]) == ["a", "b"]
+  with np.load(os.path.join(workdir, result["samples"])) as f:   # end-of-training samples: training labels
+    assert set(np.unique(f["labels"])) <= {0, 1} and float(f["guidance"]) == 2.0
 def test_moved_data_resumes_and_damaged_images_are_recorded(folder, tmp_path):
   """data.path may change on resume when the data is the same (recorded in history.jsonl); source.json
   records the content sha, the one undecodable image skipped and the grayscale one converted."""

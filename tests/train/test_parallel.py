@@ -110,6 +110,10 @@ def _assert_same_run(a: str, b: str) -> None:
         assert np.mean(xa != xb) < 1e-3 and np.max(np.abs(xa.astype(int) - xb)) <= 1
       else:
         np.testing.assert_allclose(xa, xb, atol=1e-4)
+      with np.load(os.path.join(a, name)) as fa, np.load(os.path.join(b, name)) as fb:
+        if "labels" in fa:   # a conditional run: the same labels at the same guidance
+          np.testing.assert_array_equal(fa["labels"], fb["labels"])
+          assert float(fa["guidance"]) == float(fb["guidance"])
 
 
 
@@ -158,19 +162,25 @@ def test_four_devices_equal_one(tmp_path, method):
 
 
 @pytest.mark.slow
-def test_image_smoke_four_devices_equal_one(tmp_path):
+@pytest.mark.parametrize("conditional", [False, True])
+def test_image_smoke_four_devices_equal_one(tmp_path, conditional):
+  """Conditional: CIFAR-10's labels drawn with the images, label dropout, a guided (2B-batch) grid and samples."""
   from fm import data, models  # pylint: disable=g-import-not-at-top
   if "unet" not in models.NAMES:
     pytest.skip("fm.models has no 'unet' yet")
-  path = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
-  if not os.path.exists(path):
-    pytest.skip(f"no image data at {path}")
+  # beside the checkout (../shared), or beside a worktree's parent (../../shared)
+  candidates = [os.path.join(ROOT, *[".."] * up, "shared", "data", "cifar10-jpeg.tar.gz") for up in (1, 2)]
+  path = next((p for p in candidates if os.path.exists(p)), None)
+  if path is None:
+    pytest.skip(f"no image data at {candidates[0]}")
   del data
   kw = {"config": os.path.join(ROOT, "configs", "cifar10.py") + ":smoke", "data__limit": "64",
         "data__path": os.path.abspath(path), "train__steps": "6", "train__steps_per_call": "3",
         "train__log_every": "3", "train__checkpoint_every": "6", "train__batch_size": "8",
         "eval__every": "6", "eval__at_end": "False",
         "model__dropout": "0.1"}  # dropout masks drawn on sharded activations equal one device's
+  if conditional:
+    kw.update({"model__num_classes": "10", "cond__drop_prob": "0.5", "cond__guidance": "2.0"})
   one, four = str(tmp_path / "one"), str(tmp_path / "four")
   _worker(1, _train(one, **kw))
   _worker(4, _train(four, **kw))

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from fm import recipe
-from fm.evaluate import fid, image_metrics, records, reference
+from fm.evaluate import conditional, fid, image_metrics, records, reference
 from fm.evaluate.metric import Context, Metric, Options, sde_kwargs
 
 __all__ = ["FID", "check_inception_options", "inception", "reference_of", "features", "default_num"]
@@ -80,15 +80,21 @@ def features(ctx: Context, num: int, solver: str, rtol: float, atol: float,
   `noise`, `path`: an SDE solver's diffusion scale and the run's path (`metric.sde_kwargs`).
   """
   cache = ctx.shared("fid_features", dict)
-  key = (num, solver, rtol, atol, steps, noise)
+  key = (num, solver, rtol, atol, steps, noise, ctx.guidance)
   if key not in cache:
     sample_x0 = recipe.x0_sampler(ctx.run.config, ctx.run.shape)
     start = time.time()
+    cond = {}
+    if ctx.num_classes:   # a conditional run: labels from the training label distribution, as the reference's
+      cond = {"labels": conditional.training_labels(conditional.label_key(ctx.seed), num, ctx.class_probs),
+              "guidance": ctx.guidance}
     feats, info = image_metrics.features_of_run(
         ctx.run, ctx.params, sample_x0, inception(ctx)["params"], num=num, seed=ctx.seed,
         batch_size=ctx.batch_size, fid_batch_size=ctx.opts.fid_batch_size,
         preprocessing=ctx.opts.fid_preprocessing, progress=ctx.opts.progress,
-        solver=solver, rtol=rtol, atol=atol, steps=steps, noise=noise, path=path)
+        solver=solver, rtol=rtol, atol=atol, steps=steps, noise=noise, path=path, **cond)
+    if cond:
+      info["labels"] = "training distribution"
     info["samples_elapsed_s"] = round(time.time() - start, 3)
     cache.clear()   # keep one setting: a sweep moves on
     cache[key] = (feats, info)

@@ -31,15 +31,20 @@ class Grid(Metric):
     os.makedirs(directory, exist_ok=True)
     out = os.path.join(directory, f"eval_{ctx.step:08d}{tag}.npz")
     info = images.sample_run(ctx.run, ctx.params, ctx.step, out, solver, num=num, seed=ctx.seed, rtol=rtol,
-                             atol=atol, steps=steps, batch_size=ctx.batch_size, progress=ctx.opts.progress)
+                             atol=atol, steps=steps, batch_size=ctx.batch_size, progress=ctx.opts.progress,
+                             guidance=ctx.guidance, source_info=ctx.source_info)
     nfe = info["nfe_per_batch"]
+    extra = {"network_passes": info["network_passes"] / len(nfe)} if "network_passes" in info else {}
     return {"value": None, "nfe": sum(nfe) / len(nfe), "nfe_total": info["nfe"], "num_samples": num,
-            "batch_size": ctx.batch_size, "success": info["success"],
+            "batch_size": ctx.batch_size, "success": info["success"], **extra,
             "samples": os.path.relpath(out, ctx.workdir), "png": os.path.relpath(info["png"], ctx.workdir)}
 
   def summary(self, record: dict[str, Any]) -> dict[str, Any]:
     out = {"nfe": record["nfe"], "nfe_total": record["nfe_total"], "samples": record["samples"],
            "num_samples": record["num_samples"]}
+    for key in ("guidance", "network_passes"):   # conditional runs
+      if key in record:
+        out[key] = record[key]
     if record["solver"] == "dopri5":
       out["dopri5_success"] = record["success"]
     return out

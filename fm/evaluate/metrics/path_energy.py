@@ -19,7 +19,8 @@ class PathEnergy(Metric):
   def compute(self, ctx: Context, solver: str, rtol: float, atol: float, steps: int | None) -> dict[str, Any]:
     del solver, rtol, atol, steps   # the energy of a trajectory is measured on the Euler grid of the run
     task, euler_steps = ctx.run.config.data.task, ctx.eval_config.euler_steps
-    out = toy.path_energy_at(ctx.run.model, ctx.params, task, ctx.num(self), ctx.seed, euler_steps=euler_steps)
+    out = toy.path_energy_at(ctx.run.model, ctx.params, task, ctx.num(self), ctx.seed, euler_steps=euler_steps,
+                             guidance=ctx.guidance)
     return {**out, "task": task, "solver": "euler", "steps": euler_steps}
 
   def summary(self, record: dict[str, Any]) -> dict[str, Any]:

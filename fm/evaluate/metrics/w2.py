@@ -20,11 +20,14 @@ class W2(Metric):
     task = ctx.run.config.data.task
     sde = sde_kwargs(ctx, solver, toys.parse_task(task)[0])
     out = toy.w2_at(ctx.run.model, ctx.params, task, ctx.num(self), ctx.seed, solver, rtol=rtol, atol=atol,
-                    steps=steps, **sde)
+                    steps=steps, guidance=ctx.guidance, **sde)   # a conditional run adds per-class W2, mode accuracy
     return {**out, "task": task, **({"sde_noise": sde["noise"]} if sde else {})}
 
   def summary(self, record: dict[str, Any]) -> dict[str, Any]:
     out = {"w2": record["value"], "nfe": record["nfe"]}
+    for key in ("guidance", "network_passes", "w2_class_mean", "w2_per_class", "mode_accuracy"):
+      if key in record:
+        out[key] = record[key]
     if record["solver"] == "dopri5":
       out["dopri5_success"] = record["success"]
     return out
