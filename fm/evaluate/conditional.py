@@ -25,7 +25,7 @@ import numpy as np
 from fm import metrics
 from fm.io import files
 
-__all__ = ["class_labels", "training_labels", "w2_per_class", "mode_accuracy", "label_key",
+__all__ = ["class_labels", "training_labels", "sample_labels", "w2_per_class", "mode_accuracy", "label_key",
            "write_guidance_sweep"]
 
 _w2 = jax.jit(metrics.w2)
@@ -58,6 +58,15 @@ def training_labels(key: jax.Array, num: int, class_probs: Sequence[float]) -> n
   """int32 `[num]` drawn i.i.d. from the training label distribution `class_probs` `[K]`."""
   logits = jnp.log(jnp.asarray(class_probs, jnp.float32))
   return np.asarray(jax.random.categorical(key, logits, shape=(num,)), np.int32)
+
+
+def sample_labels(classes: Sequence[int] | None, num: int, num_classes: int, seed: int,
+                  class_probs: Sequence[float]) -> np.ndarray:
+  """`[num]` labels to sample a conditional run with: `classes` as asked (`class_labels`), else drawn
+  from the training label distribution `class_probs` with `label_key(seed)`."""
+  if classes is not None:
+    return class_labels(classes, num, num_classes)
+  return training_labels(label_key(seed), num, class_probs)
 
 
 def w2_per_class(samples: np.ndarray, labels: np.ndarray, reference: np.ndarray,

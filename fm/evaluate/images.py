@@ -120,10 +120,7 @@ def sample_run(run: recipe.Run, params, step: int, out: str, solver: str = "dopr
   labels, extra = None, {}
   if run.model.num_classes:
     guidance = recipe.cond_settings(run.config)[1] if guidance is None else guidance
-    if classes is not None:
-      labels = conditional.class_labels(classes, num, run.model.num_classes)
-    else:
-      labels = conditional.training_labels(conditional.label_key(seed), num, source_info["class_probs"])
+    labels = conditional.sample_labels(classes, num, run.model.num_classes, seed, source_info["class_probs"])
     extra = {"labels": labels, "classes": np.asarray(source_info["classes"]), "guidance": float(guidance)}
   samples, info = sampling.sample(
       run.model, params, sample_x0, jax.random.PRNGKey(seed), num, batch_size,

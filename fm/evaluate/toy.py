@@ -256,11 +256,8 @@ def sample_workdir(workdir: str, out: str, solver: str = "dopri5", num: int = 10
   labels, extra = None, {}
   if run.model.num_classes:
     guidance = recipe.cond_settings(run.config)[1] if guidance is None else guidance
-    if classes is not None:
-      labels = conditional.class_labels(classes, num, run.model.num_classes)
-    else:
-      probs = recipe.read_source_info(workdir)["class_probs"]
-      labels = conditional.training_labels(conditional.label_key(seed), num, probs)
+    labels = conditional.sample_labels(classes, num, run.model.num_classes, seed,
+                                       recipe.read_source_info(workdir)["class_probs"])
   sde = solver in solvers.SDE_SOLVERS
   keys = sampling.noise_keys(jax.random.PRNGKey(seed), 0, num) if sde else None
   x1, info = generate(run.model, params, _sharded(x0, params), solver, rtol=rtol, atol=atol, steps=steps,
