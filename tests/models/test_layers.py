@@ -29,15 +29,16 @@ def test_group_norm_matches_float64_formula_and_flax(shape, groups):
   bias = 0.1 * jax.random.normal(k3, (c,))
   gn = GroupNorm(num_groups=groups, epsilon=1e-5)
   params = {"params": {"scale": scale, "bias": bias}}
-  y = gn.apply(params, x)
+  # jitted (as the models run it): one compile each instead of an op-by-op dispatch of every primitive
+  y = jax.jit(gn.apply)(params, x)
   assert y.dtype == jnp.float32 and y.shape == shape
   np.testing.assert_allclose(y, _reference(x, np.asarray(scale), np.asarray(bias), groups, 1e-5), atol=2e-5)
   flax_gn = nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False)
-  np.testing.assert_allclose(y, flax_gn.apply(params, x), atol=2e-5)
+  np.testing.assert_allclose(y, jax.jit(flax_gn.apply)(params, x), atol=2e-5)
   # gradients (which XLA derives from the channel-first reductions) agree with Flax's too
   w = jax.random.normal(k3, shape)
-  g = jax.grad(lambda p, x: jnp.sum(w * gn.apply(p, x)), argnums=(0, 1))(params, x)
-  g_ref = jax.grad(lambda p, x: jnp.sum(w * flax_gn.apply(p, x)), argnums=(0, 1))(params, x)
+  g = jax.jit(jax.grad(lambda p, x: jnp.sum(w * gn.apply(p, x)), argnums=(0, 1)))(params, x)
+  g_ref = jax.jit(jax.grad(lambda p, x: jnp.sum(w * flax_gn.apply(p, x)), argnums=(0, 1)))(params, x)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -69,11 +70,13 @@ def test_conv2d_value_and_gradient_match_lax_in_float64(k, stride, pad, hw):
     def ref(x, w):
       return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = conv2d(x, w, (stride, stride), pad)
-    np.testing.assert_allclose(y, ref(x, w), rtol=1e-12, atol=1e-12)
-    g = jax.random.normal(k3, y.shape, jnp.float64)
-    got = jax.vjp(lambda x, w: conv2d(x, w, (stride, stride), pad), x, w)[1](g)
-    want = jax.vjp(ref, x, w)[1](g)
+    ours = lambda x, w: conv2d(x, w, (stride, stride), pad)
+    vjp = lambda f: jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g))   # jitted: one compile, not op by op
+    y = jax.jit(ours)(x, w)
+    np.testing.assert_allclose(y, jax.jit(ref)(x, w), rtol=1e-12, atol=1e-12)
+    g = np.asarray(jax.random.normal(k3, y.shape, jnp.float64))   # numpy: the brute force below indexes it
+    got = vjp(ours)(x, w, g)
+    want = vjp(ref)(x, w, g)
     for a, b in zip(got, want):
       np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     # brute force for one weight-gradient entry: sum over b, h, w of xpad[b, s h + i, s w + j, c] g[b, h, w, o]
