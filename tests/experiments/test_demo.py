@@ -9,7 +9,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_demo_smoke_writes_table_and_figure(tmp_path, monkeypatch, capsys):
+  """Slow (~1 min: five 300-step runs and dopri5 evaluations). The default suite trains the same
+  methods on the same `configs/toy2d.py:smoke` budget and checks they learn (tests/test_learning.py
+  via the `smoke_runs` fixture) and 2-rectified flow (tests/train/test_loop.py::test_reflow);
+  what only this test checks is the demo script's own table, figure and rerun."""
   demo = runpy.run_path(os.path.join(ROOT, "experiments", "toy2d", "demo.py"))
   workdir = str(tmp_path / "demo")
   assert demo["main"](["--workdir", workdir, "--smoke"]) == 0
