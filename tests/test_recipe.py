@@ -1,6 +1,7 @@
 """Config sections, method presets, component validation and old config shapes (fm.recipe)."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -109,20 +110,32 @@ def test_old_config_json_maps_to_the_new_shape():
     assert recipe.build(config_lib.from_dict(old)).method == recipe.build(config_lib.from_dict(new)).method
 
 
+@pytest.fixture(scope="module")
+def old_otcfm_run(tmp_path_factory):
+  """The old-shape fixture's otcfm run (40 steps) trained once, for the two tests below that read it."""
+  workdir = str(tmp_path_factory.mktemp("old_otcfm") / "run")
+  experiment.train(_smoke(_old()["otcfm"]["overrides"]), workdir)
+  return workdir
+
+
 @pytest.mark.parametrize("method", ["otcfm", "sbcfm"])
-def test_presets_train_to_the_same_losses_as_before(method, tmp_path):
+def test_presets_train_to_the_same_losses_as_before(method, tmp_path, request):
   """The losses and coupling costs of 40 steps are bitwise those of the code before presets."""
   entry = _old()[method]
-  experiment.train(_smoke(entry["overrides"]), str(tmp_path))
-  rows = workdir_lib.read_metrics(str(tmp_path))
+  if method == "otcfm":
+    workdir = request.getfixturevalue("old_otcfm_run")
+  else:
+    workdir = str(tmp_path)
+    experiment.train(_smoke(entry["overrides"]), workdir)
+  rows = workdir_lib.read_metrics(workdir)
   assert [{k: r[k] for k in want} for r, want in zip(rows, entry["metrics"])] == entry["metrics"]
   assert len(rows) == len(entry["metrics"])
 
 
-def test_an_old_workdir_samples_evaluates_and_resumes(tmp_path, capsys):
+def test_an_old_workdir_samples_evaluates_and_resumes(tmp_path, capsys, old_otcfm_run):
   entry = _old()["otcfm"]
   workdir = str(tmp_path / "old")
-  experiment.train(_smoke(entry["overrides"]), workdir)
+  shutil.copytree(old_otcfm_run, workdir)   # a copy: this test rewrites and resumes it
   with open(os.path.join(workdir, "config.json"), "w") as f:   # as the code before wrote it
     json.dump(entry["config"], f)
   assert cli.main(["sample", "--workdir", workdir, "--num", "16", "--solver", "euler", "--steps", "4"]) == 0
