@@ -29,7 +29,8 @@ def test_jvp_total_derivative_matches_finite_difference():
   _, dudt = jax.jvp(u_fn, (f32(z), f32(t), f32(r)), (f32(v), jnp.ones(4), jnp.zeros(4)))
   with jax.enable_x64(True):
     p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
-    g = lambda s: np.asarray(model.apply(p64, jnp.asarray(t + s), jnp.asarray(z + s * v), t2=jnp.asarray(r - t - s)))
+    apply64 = jax.jit(lambda t_, x_, t2_: model.apply(p64, t_, x_, t2=t2_))
+    g = lambda s: np.asarray(apply64(jnp.asarray(t + s), jnp.asarray(z + s * v), jnp.asarray(r - t - s)))
     h = 1e-5
     fd = (g(h) - g(-h)) / (2 * h)
   np.testing.assert_allclose(np.asarray(dudt), fd, rtol=1e-4, atol=1e-5)
@@ -73,7 +74,10 @@ def test_loss_against_numpy(p):
   rng = np.random.default_rng(2)
   x0, x1 = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
   key = jax.random.PRNGKey(5)
-  loss, aux = loss_fn(lambda p_, t, x, t2: model.apply(p_, t, x, t2=t2), params, key, jnp.asarray(x0), jnp.asarray(x1))
+  apply = lambda q, t, x, t2: model.apply(q, t, x, t2=t2)
+  # jitted throughout: one compile each instead of an op-by-op dispatch of every primitive
+  loss_and_aux = jax.jit(lambda p_: loss_fn(apply, p_, key, jnp.asarray(x0), jnp.asarray(x1)))
+  loss, aux = loss_and_aux(params)
   k_t, k_eps = jax.random.split(key)
   t, r = (np.asarray(a, np.float64) for a in times(k_t, 8))
   assert np.all(t <= r) and np.sum(t == r) == 2
@@ -82,7 +86,8 @@ def test_loss_against_numpy(p):
   z, v = (1 - t)[:, None] * x0 + t[:, None] * x1, x1 - x0
   with jax.enable_x64(True):
     p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
-    g = lambda s: np.asarray(model.apply(p64, jnp.asarray(t + s), jnp.asarray(z + s * v), t2=jnp.asarray(r - t - s)))
+    apply64 = jax.jit(lambda t_, x_, t2_: model.apply(p64, t_, x_, t2=t2_))
+    g = lambda s: np.asarray(apply64(jnp.asarray(t + s), jnp.asarray(z + s * v), jnp.asarray(r - t - s)))
     u, h = g(0.0), 1e-5
     dudt = (g(h) - g(-h)) / (2 * h)
   err = np.sum((u - (v - (t - r)[:, None] * dudt)) ** 2, axis=1)
@@ -90,8 +95,7 @@ def test_loss_against_numpy(p):
   np.testing.assert_allclose(float(loss), expected, rtol=2e-4)
   np.testing.assert_allclose(float(aux["mse"]), err.mean() / 3, rtol=2e-4)
   # gradients flow through u only (the target is stop-gradient): the loss is differentiable and finite
-  grads = jax.grad(lambda p_: loss_fn(lambda q, t, x, t2: model.apply(q, t, x, t2=t2), p_, key,
-                                      jnp.asarray(x0), jnp.asarray(x1))[0])(params)
+  grads = jax.jit(jax.grad(lambda p_: loss_and_aux(p_)[0]))(params)
   assert all(np.isfinite(np.asarray(g_)).all() for g_ in jax.tree_util.tree_leaves(grads))
 
 
