@@ -93,7 +93,7 @@ def test_non_convergence_reported():
 
 def test_replace_joint_sampling():
   x0, x1 = _data(5, 32, 2)
-  couple = fm.couplings.make("sinkhorn", epsilon=0.05, replace=True)
+  couple = jax.jit(fm.couplings.make("sinkhorn", epsilon=0.05, replace=True))   # jitted: one compile
   i0, i1, info = couple(jax.random.PRNGKey(0), x0, x1)
   x0p, x1p = fm.couplings.apply(i0, i1, x0, x1)
   assert x0p.shape == x0.shape and x1p.shape == x1.shape

@@ -1,6 +1,7 @@
 """`fm import-torchcfm` on a checkpoint written by TorchCFM itself (tests/fixtures/torchcfm_ckpt_tiny.pt)."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,7 +30,7 @@ def test_import_reproduces_torchcfm_and_samples(tmp_path, capsys):
   run, ema, step = recipe.load(workdir)
   assert step == 1234 and run.shape == (8, 8, 3)
   with np.load(os.path.join(FIXTURES, "torchcfm_ckpt_tiny.npz")) as f:
-    v = run.model.apply(ema, f["t"], f["x"])
+    v = jax.jit(run.model.apply)(ema, f["t"], f["x"])   # jitted: one compile, not op by op
     np.testing.assert_allclose(np.asarray(v), f["v"], rtol=1e-4, atol=1e-5)
   out = str(tmp_path / "s.npz")
   assert cli.main(["sample", "--workdir", workdir, "--solver", "euler", "--steps", "2", "--num", "5",
