@@ -82,7 +82,12 @@ def test_eval_writes_json(capsys, trained_run):  # noqa: F811
   assert code == 0 and '"nfe"' in out and os.path.exists(os.path.join(trained_run, "eval.json"))
 
 
+@pytest.mark.slow
 def test_sweep(capsys, tmp_path):
+  """Slow (4 training runs, ~30 s). By default, `fm sweep` end to end (training, table.md, figure.png)
+  is test_sweep_point_failure_does_not_abort_the_sweep, its mean ± std is tests/test_sweep.py::
+  test_aggregate_images_and_toys, two grid keys are test_image_sweep_tiny and the bad grid value is
+  test_sweep_bad_grid_value_creates_nothing."""
   workdir = str(tmp_path / "sweep")
   code, out, err = _main(capsys, ["sweep", "--config", SMOKE, "--workdir", workdir, *cli_args(train__steps=20),
                                   "--grid", "method=icfm,otcfm", "--grid", "seed=0,1"])
@@ -93,6 +98,9 @@ def test_sweep(capsys, tmp_path):
     table = f.read()
   assert "icfm" in table and "otcfm" in table and "±" in table
   assert len(os.listdir(workdir)) == 7   # 4 runs + 3 outputs
+
+
+def test_sweep_bad_grid_value_creates_nothing(capsys, tmp_path):
   code, _, err = _main(capsys, ["sweep", "--config", SMOKE, "--workdir", str(tmp_path / "bad"),
                                 "--grid", "method=icfm,nope"])
   assert code == 2 and "nope" in err and not (tmp_path / "bad").exists()

@@ -88,8 +88,15 @@ def test_image_run_resumes_bitwise(folder, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_conditional_image_run_end_to_end(folder, tmp_path):
-  """Labels from the class folders through training, the per-class periodic grid, sampling by class and eval."""
+  """Labels from the class folders through training, the per-class periodic grid, sampling by class and eval.
+
+  Slow (~18 s): by default the same steps are covered piecewise: a conditional run trained, evaluated
+  and sampled by class with guidance (tests/evaluate/test_conditional.py), an image run end to end
+  (test_image_run_end_to_end), labels from class folders (tests/data/test_images.py::
+  test_labelled_source_draws_labels_with_the_same_indices) and the per-class grid
+  (test_class_grid_has_one_row_per_class)."""
   from PIL import Image
   from fm import cli
   workdir = str(tmp_path / "cond")
