@@ -1,6 +1,7 @@
 """End-to-end training: every method, resume, exactness, NaN stop, compile count."""
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -31,10 +32,24 @@ def test_method_end_to_end(method, smoke_runs):   # smoke_runs: tests/conftest.p
   assert checkpoint.all_steps(workdir) == [100, 200, 300]
 
 
-def test_resume_is_bitwise_exact(tmp_path):
+@pytest.fixture(scope="module")
+def run_to_20(tmp_path_factory):
+  """A tiny otcfm run trained from scratch to step 20, once; the resume tests below each go on from a copy."""
+  workdir = str(tmp_path_factory.mktemp("to20") / "run")
+  experiment.train(tiny_config(train__steps=20), workdir)
+  return workdir
+
+
+def _copy(run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run, workdir)
+  return workdir
+
+
+def test_resume_is_bitwise_exact(tmp_path, run_to_20):
   ref, parts = str(tmp_path / "ref"), str(tmp_path / "parts")
   experiment.train(tiny_config(train__steps=60), ref)
-  experiment.train(tiny_config(train__steps=20), parts)
+  shutil.copytree(run_to_20, parts)   # trained to step 20 from scratch, as tiny_config(train__steps=20)
   experiment.train(tiny_config(train__steps=50), parts)   # ends off the chunk grid
   experiment.train(tiny_config(train__steps=60), parts)
   a, b = restore_state(ref, tiny_config(train__steps=60)), restore_state(parts, tiny_config(train__steps=60))
@@ -42,10 +57,9 @@ def test_resume_is_bitwise_exact(tmp_path):
   chex.assert_trees_all_equal(a, b)
 
 
-def test_config_mismatch_on_resume(tmp_path):
+def test_config_mismatch_on_resume(tmp_path, run_to_20):
   from fm import config as config_lib
-  workdir = str(tmp_path / "run")
-  experiment.train(tiny_config(train__steps=20), workdir)
+  workdir = _copy(run_to_20, tmp_path)
   with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
     experiment.train(tiny_config(train__steps=20, train__batch_size=64), workdir)
 
@@ -55,10 +69,9 @@ def _history(workdir):
     return [json.loads(l) for l in f]
 
 
-def test_resumable_settings_change_and_are_recorded(tmp_path):
+def test_resumable_settings_change_and_are_recorded(tmp_path, run_to_20):
   """lr, clipping, cadence and eval settings may change on resume; each change goes to history.jsonl."""
-  workdir = str(tmp_path / "run")
-  experiment.train(tiny_config(train__steps=20), workdir)
+  workdir = _copy(run_to_20, tmp_path)
   experiment.train(tiny_config(train__steps=40, train__lr=5e-4, train__grad_clip=1.0, train__log_every=10,
                          eval__num_samples=32), workdir)
   events = _history(workdir)
@@ -72,14 +85,13 @@ def test_resumable_settings_change_and_are_recorded(tmp_path):
   assert [(r["step"], r["lr"]) for r in rows] == [(20, 1e-3), (30, 5e-4), (40, 5e-4)]
 
 
-def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkeypatch, caplog):
+def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkeypatch, caplog, run_to_20):
   """A run that diverges at a high learning rate (simulated: with lr >= 0.1 an update overflows once a
   parameter leaves [-L, L]) stops at the first non-finite step, saves the state before it, and names
   the settings that let a re-run go on; the re-run with a lower lr is accepted, recorded and finishes."""
   import logging
   import optax
   from fm.train import state as state_lib
-  workdir = str(tmp_path / "run")
   params = recipe.build(tiny_config()).init_state().params
   limit = max(float(jnp.max(jnp.abs(p))) for p in jax.tree_util.tree_leaves(params)) + 0.5
   real = state_lib.make_optimizer
@@ -95,7 +107,7 @@ def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkey
       return jax.tree_util.tree_map(lambda u: u * jnp.where(big > limit, jnp.inf, 1.0), updates), state
     return optax.GradientTransformation(opt.init, update)
   monkeypatch.setattr(state_lib, "make_optimizer", fragile)
-  experiment.train(tiny_config(train__steps=20), workdir)
+  workdir = _copy(run_to_20, tmp_path)   # its lr (1e-3) is below 0.1: the optimizer fragile leaves alone
   with pytest.raises(loop.TrainingError) as e:
     experiment.train(tiny_config(train__steps=60, train__lr=0.3), workdir)
   message = str(e.value)
@@ -115,10 +127,9 @@ def test_nan_stop_saves_last_good_state_and_a_lower_lr_recovers(tmp_path, monkey
   assert _history(workdir)[-1]["changes"] == {"train.lr": [0.3, 1e-4]}
 
 
-def test_truncated_metrics_line_survives_resume(tmp_path):
+def test_truncated_metrics_line_survives_resume(tmp_path, run_to_20):
   """A kill mid-write leaves half a line in metrics.jsonl; resume drops it and goes on."""
-  workdir = str(tmp_path / "run")
-  experiment.train(tiny_config(train__steps=20), workdir)
+  workdir = _copy(run_to_20, tmp_path)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"step": 40, "loss": 0.5, "grad_no')
   experiment.train(tiny_config(train__steps=40), workdir)
