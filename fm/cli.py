@@ -240,7 +240,8 @@ def _eval(args, overrides):
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
       inception=args.inception, fid_batch_size=args.fid_batch_size, fid_preprocessing=args.fid_preprocessing,
-      fid_subsets=args.fid_subsets, bpd_num=args.bpd_num or BPD_NUM["accelerator"],
+      fid_subsets=args.fid_subsets, fid_ref_num=args.fid_ref_num,
+      bpd_num=args.bpd_num or BPD_NUM["accelerator"],
       bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
       guidance=args.guidance, sde_noise=args.sde_noise)
   try:
@@ -475,6 +476,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "legacy_tensorflow; default) | pytorch-fid")
   p.add_argument("--fid-subsets", type=int, default=5, help="FID spread over this many disjoint subsets of the "
                                                             "samples (default 5; 0 = none)")
+  p.add_argument("--fid-ref-num", type=int, default=None,
+                 help="FID/KID reference computed from a random subset of this many training images (numpy "
+                      "default_rng(0), cached; default: all of them; ~15 images/s through Inception on a CPU)")
   p.add_argument("--bpd-num", type=int, default=None,
                  help=f"held-out images for bits/dim (default {BPD_NUM['accelerator']} on a GPU/TPU, "
                       f"{BPD_NUM['cpu']} on a CPU, where each takes seconds)")

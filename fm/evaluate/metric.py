@@ -51,6 +51,7 @@ class Options:
   fid_batch_size: int = 50
   fid_preprocessing: str = fid.DEFAULT_PREPROCESSING   # "tf" | "pytorch-fid" (FID and KID)
   fid_subsets: int = 5                                  # FID's spread over disjoint subsets (0: none)
+  fid_ref_num: int | None = None   # reference from the training source: a random subset of this many images (None: all)
   bpd_num: int = 10_000
   bpd_batch_size: int = 64
   divergence: str | None = None
