@@ -264,7 +264,8 @@ def _eval(args, overrides):
     opts = dataclasses.replace(opts, bpd_num=BPD_NUM[where])
     if where == "cpu":
       print(f"fm eval: bits/dim on up to {BPD_NUM['cpu']} held-out images (the CPU default: each takes seconds "
-            f"here, and the progress bar shows the time left; {BPD_NUM['accelerator']} on a GPU/TPU), set --bpd-num to change it", file=sys.stderr)
+            f"here, and the progress bar shows the time left; {BPD_NUM['accelerator']} on a GPU/TPU), "
+            f"set --bpd-num to change it", file=sys.stderr)
   if scales:
     try:
       rows, paths, skipped = runner.guidance_sweep(args.workdir, scales, opts)
