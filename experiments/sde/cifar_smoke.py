@@ -41,15 +41,8 @@ def fm(*args: str) -> None:
   subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def records(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "eval.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def matches(rec: dict, flags: list[str], args) -> bool:
+  """Whether an eval.jsonl record is of this sampler setting, sample count, checkpoint, reference and seed."""
   opts = dict(zip(flags[::2], flags[1::2]))
   if rec.get("solver") != opts["--solver"] or rec.get("num_samples") != args.num or rec.get("step") != args.steps:
     return False
@@ -72,6 +65,7 @@ def main():
   parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "sde"))
   args = parser.parse_args()
   from fm.evaluate import fid  # pylint: disable=g-import-not-at-top
+  from fm.evaluate.records import read as records  # pylint: disable=g-import-not-at-top
   from fm.train import checkpoint  # pylint: disable=g-import-not-at-top
   workdirs = {"icfm": args.icfm_workdir or os.path.join(args.workdir, "icfm"),
               "meanflow": os.path.join(args.workdir, "meanflow")}

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
 
+from fm.evaluate.records import read as records
 from fm.train import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -35,14 +35,6 @@ def fm(*args: str) -> None:
   cmd = [sys.executable, "-m", "fm", *args]
   print("+", " ".join(cmd), flush=True)
   subprocess.run(cmd, check=True, cwd=ROOT)
-
-
-def records(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "eval.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def swept(workdir: str, spec: str, step: int, num: int, mode: str, ref_num: int) -> bool:
