@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from fm import cli
 
@@ -54,3 +55,24 @@ def test_eval_with_an_sde_and_meanflow(smoke_runs, capsys):
   with open(os.path.join(workdir, "eval.jsonl")) as f:
     rec = [json.loads(l) for l in f][-1]
   assert rec["solver"] == "meanflow" and rec["nfe"] == 1
+
+
+@pytest.mark.slow   # ~40 s: trains two tiny conditional runs
+def test_conditional_meanflow_and_sf2m_sample_with_guidance(tmp_path, capsys):
+  """Tiny conditional meanflow and sf2m runs (40 steps): fm sample --solver meanflow / euler_maruyama and an ODE
+  solver take --class and --guidance 2 (the whole output guided, fm.heads.network), with exact NFE and passes."""
+  from fm import experiment
+  from train.helpers import tiny_config
+  for method, solvers in (("meanflow", (("meanflow", 2, 2), ("euler", 3, 3))),
+                          ("sf2m", (("euler_maruyama", 3, 3), ("stochastic_heun", 2, 4), ("euler", 3, 3)))):
+    workdir = str(tmp_path / method)
+    experiment.train(tiny_config(method=method, data__task="gaussian->8gaussians", model__num_classes=8,
+                                 cond__drop_prob=0.1), workdir)
+    for solver, steps, nfe in solvers:
+      out = str(tmp_path / f"{method}_{solver}.npz")
+      assert cli.main(["sample", "--workdir", workdir, "--solver", solver, "--steps", str(steps), "--class", "3",
+                       "--num", "16", "--guidance", "2", "--out", out]) == 0, capsys.readouterr().err
+      assert f"NFE {nfe} ({solver}, {2 * nfe} network passes at guidance 2)" in capsys.readouterr().out
+      with np.load(out) as f:
+        assert int(f["nfe"]) == nfe and int(f["network_passes"]) == 2 * nfe and list(f["labels"]) == [3] * 16
+        assert np.isfinite(f["samples"]).all()
