@@ -199,7 +199,8 @@ class _Counting:
 
 
 @pytest.mark.parametrize("solver,kind", [("euler_maruyama", "flow_score"), ("stochastic_heun", "velocity"),
-                                         ("euler_maruyama", "velocity"), ("meanflow", "average_velocity")])
+                                         pytest.param("euler_maruyama", "velocity", marks=pytest.mark.slow),
+                                         ("meanflow", "average_velocity")])
 def test_sde_and_meanflow_samplers_count_guided_calls(solver, kind):
   """NFE = the solver's own count of field calls (steps x stages); network passes = NFE at s in {0, 1}, else
   2 NFE; each call of the guided field is ONE network call, on 2B inputs for s not in {0, 1}."""
@@ -219,6 +220,7 @@ def test_sde_and_meanflow_samplers_count_guided_calls(solver, kind):
   assert np.abs(outs[1.0] - outs[2.0]).max() > 1e-3 and np.abs(outs[0.0] - outs[1.0]).max() > 1e-3
 
 
+@pytest.mark.slow   # the fields are checked above, the CLI in tests/test_cli_sde.py
 def test_real_network_sde_and_meanflow_sampling_with_guidance():
   """generate with a real conditional network: every sampler runs at guidance 2 and counts 2 passes per call."""
   from fm import paths
@@ -232,3 +234,19 @@ def test_real_network_sde_and_meanflow_sampling_with_guidance():
                                  keys=keys)
     assert np.isfinite(np.asarray(x1)).all()
     assert int(info["network_passes"]) == 2 * int(info["nfe"]) == 2 * 4 * solvers.sde.STAGES.get(solver, 1)
+
+
+@pytest.mark.parametrize("kind", ["flow_score", "average_velocity"])
+@pytest.mark.parametrize("s", [1.0, 2.0])
+def test_ode_solvers_read_conditional_sf2m_and_meanflow_heads(kind, s):
+  """One Euler step of a conditional sf2m / meanflow run is x0 + (guided flow half / guided u(x0, 0, h = 0)),
+  from plain network calls (before, the ODE fed such runs the whole 2C output, or no second time)."""
+  model, params = _head_net(kind)
+  x0, y = _inputs((2,), 8)
+  null = guidance.null_labels(len(y), K)
+  t2 = 0.0 if kind == "average_velocity" else None
+  out_y, out_null = _raw(model, params, 0.0, x0, y, t2), _raw(model, params, 0.0, x0, null, t2)
+  v = (out_null + s * (out_y - out_null))[:, :2]   # the flow half of sf2m's [v, s_theta]; all of u
+  x1, info = sampling.generate(model, params, x0, "euler", steps=1, y=y, guidance=s)
+  np.testing.assert_allclose(x1, x0 + v, rtol=1e-5, atol=1e-6)
+  assert int(info["nfe"]) == 1 and int(info["network_passes"]) == (1 if s == 1 else 2)
