@@ -21,6 +21,10 @@ result on CPU can depend on the batch it is computed in, so the halves of a
 doubled batch may differ from a single call in the last bits). The solvers
 count calls of the guided field (`nfe`); the network passes are
 `network_passes(nfe, s)`: nfe for s in {0, 1}, else 2 nfe.
+
+The formula is linear in the network's output, so `guided` applies it to the whole
+output, whatever it holds: SF2M's flow and score, MeanFlow's average velocity
+(`fm.heads.network`, which every sampler, ODE, SDE or MeanFlow, reads through).
 """
 from __future__ import annotations
 

@@ -12,6 +12,12 @@ average_velocity   second_time=True        u(t, x, h) over [t, t + h]; v(t, x) =
 The model's own options say which head it has (`for_model`), so `velocity(model, params)`
 reads any run correctly. A head is static and hashable. Every field costs one network
 forward per call, so NFE = calls, whatever the solver.
+
+Every field is read from `network(model, params, guidance, **model_extras)`, the raw
+output; for a conditional run (labels `y=`) that output is guided as a whole
+(classifier-free guidance is linear in it: `fm.guidance.guided`), so the flow and
+score of sf2m, MeanFlow's average velocity and the SDE drift of a flow all follow
+the guided output, at one batched call (two network passes) per field evaluation.
 """
 from __future__ import annotations
 
