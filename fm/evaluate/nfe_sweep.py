@@ -81,6 +81,6 @@ def write(workdir: str, solver: str, rows: Sequence[dict[str, Any]], metrics: Se
   files.write_text(path + ".md", "\n".join(lines) + "\n")
   label = solver if noise is None else f"{solver}, SDE noise {noise:g}"
   panels = [(LABELS.get(m, m), {label: ([r["nfe"] for r in rows], [r[m] for r in rows])}) for m in metrics]
-  plots.nfe_curves(path + ".png", panels, title=caption.split(".")[0],
-                   annotations={label: [f"{setting} {r[setting]:g}" for r in rows]})
+  title = caption.split(". ")[0]   # the first sentence (not cut at a decimal point such as "noise 0.5")
+  plots.nfe_curves(path + ".png", panels, title=title, annotations={label: [f"{setting} {r[setting]:g}" for r in rows]})
   return {"md": path + ".md", "csv": path + ".csv", "png": path + ".png"}

@@ -89,6 +89,8 @@ def nfe_curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]]
       ax.plot(nfe, values, marker="o", ms=3, label=label)
       for x, y, text in zip(nfe, values, (annotations or {}).get(label, ())):
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    if annotations:
+      ax.margins(x=0.15, y=0.1)   # room for the labels of the end points
     ax.set_xscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(ylabel)
