@@ -260,7 +260,8 @@ def _guidance_grid(ctx: Context, opts: Options) -> dict[str, Any]:
   info = images.sample_run(ctx.run, ctx.params, ctx.step, out, opts.solver, num=per * ctx.num_classes,
                            seed=ctx.seed, rtol=ctx.rtol, atol=ctx.atol, steps=opts.steps,
                            batch_size=min(ctx.batch_size, per * ctx.num_classes), progress=False,
-                           classes=list(range(ctx.num_classes)), guidance=ctx.guidance, source_info=ctx.source_info)
+                           classes=list(range(ctx.num_classes)), guidance=ctx.guidance, source_info=ctx.source_info,
+                           sde_noise=sde_noise(opts, opts.solver))   # now that SDE samplers take guidance
   n = len(info["nfe_per_batch"])
   return {"grid": os.path.relpath(info["png"], ctx.workdir), "grid_nfe": info["nfe"] / n,
           "grid_network_passes": info["network_passes"] / n}
