@@ -293,6 +293,26 @@ def test_nfe_sweep_images(image_run, cheap_inception, capsys):
   assert [r["steps"] for r in swept] == [1, 2, 4]
 
 
+@pytest.mark.slow   # ~7 s; the toy SDE and MeanFlow sweeps run by default (tests/test_cli_sde.py)
+def test_sde_nfe_sweep_images(image_run, cheap_inception, capsys):
+  """An image run's SDE sweep: FID and KID (sample metrics) at each step count and one --sde-noise; NFE is
+  stochastic Heun's own 2 x steps; the files are named by the noise."""
+  workdir, _ = image_run
+  weights, _ = cheap_inception
+  code = cli.main(["eval", "--workdir", workdir, "--nfe-sweep", "stochastic_heun:1,2", "--metrics", "fid,kid",
+                   "--num", "6", "--sde-noise", "0.7", "--inception", weights])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  with open(os.path.join(workdir, "nfe_sweep_stochastic_heun_noise0.7.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [(int(r["steps"]), float(r["sde_noise"]), float(r["nfe"])) for r in rows] == [(1, 0.7, 2), (2, 0.7, 4)]
+  assert all(np.isfinite(float(r["fid"])) and np.isfinite(float(r["kid"])) for r in rows)
+  assert "| stochastic_heun | 2 | 0.7 | 4 |" in out
+  swept = [r for r in records.read(workdir) if r.get("sweep") == "stochastic_heun:1,2"]
+  assert sorted((r["metric"], r["steps"], r["sde_noise"]) for r in swept) == [
+      ("fid", 1, 0.7), ("fid", 2, 0.7), ("kid", 1, 0.7), ("kid", 2, 0.7)]
+
+
 def test_held_out_without_test_split(tmp_path):
   from PIL import Image
   d = tmp_path / "flat"
