@@ -165,7 +165,7 @@ def _paths(tree, prefix=()):
 @pytest.mark.parametrize("name,kwargs", [(n, k) for n, k, _ in (getattr(m, "values", m) for m in MODELS)
                                          if n != "mlp"])
 def test_meanflow_loss_differentiates_through_convolutions(name, kwargs):
-  """jax.grad of the jvp-based loss traces on CPU (Conv's custom gradient has no forward mode: jvp_safe)."""
+  """jax.grad of the jvp-based loss traces on CPU (the jvp runs inside layers.forward_mode(): XLA's convolution)."""
   model = fm.models.make(name, second_time=True, **kwargs)
   x = jnp.zeros((2, 8, 8, 3))
   params = jax.eval_shape(lambda k: model.init(k, jnp.zeros(2), x, t2=jnp.zeros(2)), jax.random.PRNGKey(0))
