@@ -4,7 +4,8 @@
     python experiments/images/cpu_study/run.py --workdir runs/cpu_study --summarize   # table + plot only
 
 The smoke UNet of `configs/cifar10.py:smoke` (16 x 16 downscaled JPEG CIFAR-10, batch 32) trained
-with icfm, otcfm and sbcfm at an equal budget (`--steps`, same seed and data), then `fm eval`
+with icfm, otcfm and sbcfm (sigma `--sbcfm-sigma`, 0.1; the others keep the recipe's sigma 0)
+at an equal budget (`--steps`, same seed and data), then `fm eval`
 NFE sweeps of FID and KID at `--num` samples ("tf" preprocessing, against `--ref-num` random
 images of the run's own training source at 16 x 16, `fm eval --fid-ref-num`; 0 = all 50 000):
 Euler at `--euler` steps and dopri5 at `--tols`. Every step is a
@@ -124,6 +125,9 @@ def main():
   parser.add_argument("--euler", default="1,2,4,8,16,32,64")
   parser.add_argument("--tols", default="1e-1,1e-2,1e-3,1e-4")
   parser.add_argument("--preprocessing", default="tf")
+  parser.add_argument("--sbcfm-sigma", type=float, default=0.1,
+                      help="sbcfm's sigma (path noise; coupling epsilon = 2 sigma^2): the CIFAR recipe's sigma is 0, "
+                           "which SB-CFM cannot take")
   parser.add_argument("--ref-num", type=int, default=10000, help="reference images (0: the whole training source)")
   parser.add_argument("--summarize", action="store_true")
   args = parser.parse_args()
@@ -131,8 +135,9 @@ def main():
     for method in args.methods.split(","):
       wd = os.path.join(args.workdir, method)
       if checkpoint.latest_step(wd) != args.steps:
+        sigma = [f"--config.path.sigma={args.sbcfm_sigma}"] if method == "sbcfm" else []
         fm("train", "--config", "configs/cifar10.py:smoke", "--workdir", wd, f"--config.method={method}",
-           f"--config.train.steps={args.steps}", f"--config.seed={args.seed}")
+           f"--config.train.steps={args.steps}", f"--config.seed={args.seed}", *sigma)
     for method in args.methods.split(","):
       wd = os.path.join(args.workdir, method)
       for spec in (f"euler:{args.euler}", f"dopri5:{args.tols}"):
