@@ -176,12 +176,18 @@ def _check_solver(args) -> None:
     raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
   if args.solver in solvers.ADAPTIVE and args.steps is not None:
     raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  _check_sde_noise(args, args.solver)
+
+
+def _check_sde_noise(args, solver: str) -> None:
+  """--sde-noise only with an SDE solver (the sampling or the swept one), finite and >= 0; default 1 there."""
+  from fm import solvers  # pylint: disable=g-import-not-at-top
   noise = getattr(args, "sde_noise", None)
-  if noise is not None and args.solver not in solvers.SDE_SOLVERS:
-    raise UsageError(f"--sde-noise is for the SDE solvers ({', '.join(solvers.SDE_SOLVERS)}), not {args.solver!r}")
+  if noise is not None and solver not in solvers.SDE_SOLVERS:
+    raise UsageError(f"--sde-noise is for the SDE solvers ({', '.join(solvers.SDE_SOLVERS)}), not {solver!r}")
   if noise is not None and not (math.isfinite(noise) and noise >= 0):
     raise UsageError(f"--sde-noise must be a finite number >= 0, got {noise}")
-  if args.solver in solvers.SDE_SOLVERS and noise is None:
+  if solver in solvers.SDE_SOLVERS and noise is None:
     args.sde_noise = 1.0
 
 
@@ -240,11 +246,15 @@ def _eval(args, overrides):
       metrics=metrics, num=args.num, seed=args.seed, solver=args.solver, rtol=args.rtol, atol=args.atol,
       steps=args.steps, step=args.step, batch_size=args.batch_size, fid_stats=args.fid_stats,
       inception=args.inception, fid_batch_size=args.fid_batch_size, fid_preprocessing=args.fid_preprocessing,
-      fid_subsets=args.fid_subsets, bpd_num=args.bpd_num or BPD_NUM["accelerator"],
+      fid_subsets=args.fid_subsets, fid_ref_num=args.fid_ref_num,
+      bpd_num=args.bpd_num or BPD_NUM["accelerator"],
       bpd_batch_size=args.bpd_batch_size, divergence=args.divergence, num_probes=args.num_probes,
       guidance=args.guidance, sde_noise=args.sde_noise)
   try:
-    if not args.nfe_sweep:
+    if args.nfe_sweep:
+      from fm.evaluate import nfe_sweep  # pylint: disable=g-import-not-at-top
+      _check_sde_noise(args, nfe_sweep.parse(args.nfe_sweep)[0])
+    else:
       _check_solver(args)
     names = runner.check(kind, opts, args.nfe_sweep)
   except ValueError as e:
@@ -263,7 +273,8 @@ def _eval(args, overrides):
     opts = dataclasses.replace(opts, bpd_num=BPD_NUM[where])
     if where == "cpu":
       print(f"fm eval: bits/dim on up to {BPD_NUM['cpu']} held-out images (the CPU default: each takes seconds "
-            f"here; {BPD_NUM['accelerator']} on a GPU/TPU), set --bpd-num to change it", file=sys.stderr)
+            f"here, and the progress bar shows the time left; {BPD_NUM['accelerator']} on a GPU/TPU), "
+            f"set --bpd-num to change it", file=sys.stderr)
   if scales:
     try:
       rows, paths, skipped = runner.guidance_sweep(args.workdir, scales, opts)
@@ -475,6 +486,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "legacy_tensorflow; default) | pytorch-fid")
   p.add_argument("--fid-subsets", type=int, default=5, help="FID spread over this many disjoint subsets of the "
                                                             "samples (default 5; 0 = none)")
+  p.add_argument("--fid-ref-num", type=int, default=None,
+                 help="FID/KID reference computed from a random subset of this many training images (numpy "
+                      "default_rng(0), cached; default: all of them; ~15 images/s through Inception on a CPU)")
   p.add_argument("--bpd-num", type=int, default=None,
                  help=f"held-out images for bits/dim (default {BPD_NUM['accelerator']} on a GPU/TPU, "
                       f"{BPD_NUM['cpu']} on a CPU, where each takes seconds)")
@@ -488,8 +502,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="conditional runs: the metrics (default fid for images, w2 for toys) at each guidance scale, "
                       "e.g. 1,1.5,2,3: writes WORKDIR/guidance_sweep.{md,csv,png}")
   p.add_argument("--nfe-sweep", default=None, metavar="SOLVER:V1,V2,...",
-                 help="e.g. euler:1,2,5,10,20,50,100 (steps) or dopri5:1e-2,1e-3 (tolerances): writes "
-                      "WORKDIR/nfe_sweep_SOLVER.{md,csv,png}")
+                 help="e.g. euler:1,2,5,10,20,50,100 (steps), dopri5:1e-2,1e-3 (tolerances), "
+                      "euler_maruyama:25,50,100 (steps, at --sde-noise) or meanflow:1,2,4 (jumps, MeanFlow runs): "
+                      "writes WORKDIR/nfe_sweep_SOLVER.{md,csv,png} (SDE: nfe_sweep_SOLVER_noiseA.*)")
   _add_distributed_flags(p)
   p.set_defaults(fn=_eval)
 

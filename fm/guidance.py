@@ -21,6 +21,10 @@ result on CPU can depend on the batch it is computed in, so the halves of a
 doubled batch may differ from a single call in the last bits). The solvers
 count calls of the guided field (`nfe`); the network passes are
 `network_passes(nfe, s)`: nfe for s in {0, 1}, else 2 nfe.
+
+The formula is linear in the network's output, so `guided` applies it to the whole
+output, whatever it holds: SF2M's flow and score, MeanFlow's average velocity
+(`fm.heads.network`, which every sampler, ODE, SDE or MeanFlow, reads through).
 """
 from __future__ import annotations
 
@@ -66,30 +70,36 @@ def drop_labels(key: jax.Array, y: jax.Array, num_classes: int, drop_prob: float
 
 
 def guided(apply: Callable, y: jax.Array, guidance: float, num_classes: int) -> Callable:
-  """The guided field `v(t, x)` for labels `y` `[B]` from `apply(t, x, y) -> [B, *shape]`.
+  """The guided output `f(t, x, **kw)` for labels `y` `[B]` from `apply(t, x, y, **kw) -> [B, ...]`.
 
   `guidance` is a Python number (it decides the graph): 1 gives `apply(t, x, y)`,
   0 `apply(t, x, null)`, any other s one call of `apply` on the batch doubled,
-  `[x; x]` with `[y; null]`.
+  `[x; x]` with `[y; null]`. The formula is linear in the output, so `apply` may
+  return any network output (a velocity; SF2M's flow and score stacked; MeanFlow's
+  average velocity, `fm.heads`). Keyword arguments `kw` (MeanFlow's interval, a
+  scalar) pass through unchanged, so they must not depend on the batch.
   """
   if guidance == 1:
-    return lambda t, x: apply(t, x, y)
+    return lambda t, x, **kw: apply(t, x, y, **kw)
   y = jnp.asarray(y, jnp.int32)
   if guidance == 0:
     null = null_labels(y.shape[0], num_classes)
-    return lambda t, x: apply(t, x, null)
+    return lambda t, x, **kw: apply(t, x, null, **kw)
   both = jnp.concatenate([y, null_labels(y.shape[0], num_classes)])
   s = guidance
 
-  def v(t, x):
-    out = apply(t, jnp.concatenate([x, x]), both)
+  def v(t, x, **kw):
+    out = apply(t, jnp.concatenate([x, x]), both, **kw)
     v_cond, v_null = out[:x.shape[0]], out[x.shape[0]:]
     return v_null + s * (v_cond - v_null)
   return v
 
 
 def velocity(model, params, y: jax.Array, guidance: float = 1.0) -> Callable:
-  """`v(t, x)` (scalar t) of a conditional `model` for labels `y` `[B]` at guidance scale `guidance`."""
+  """`v(t, x)` (scalar t) of a conditional velocity `model` for labels `y` `[B]` at guidance scale `guidance`.
+
+  Any head (SF2M's flow and score, MeanFlow's average velocity): `fm.heads.Head`'s fields with `guidance=`.
+  """
   def apply(t, x, labels):
     return model.apply(params, jnp.full((x.shape[0],), t, x.dtype), x, labels)
   return guided(apply, y, guidance, model.num_classes)

@@ -16,6 +16,15 @@ The network is conditioned on (t, r - t): its second time `t2` is the interval l
 as in the official code's (t, t - r). With r = t (interval 0) it is the ordinary
 velocity field, so a fraction of each batch trains plain flow matching.
 One step: z_1 = z_0 + u(z_0, 0, 1) (`fm.solvers.meanflow`).
+
+The jvp runs inside `fm.models.layers.forward_mode()`, where convolutions are XLA's own
+(fm's CPU convolution has a custom gradient, fast inside the trainer's loop, but no
+forward-mode rule). On CPU the loss therefore takes the derivative from a separate
+forward-mode pass on stop-gradient parameters and u from an ordinary pass, whose
+gradient is fm's fast one: one extra forward pass, instead of XLA:CPU's gradient
+convolutions, which run as naive loop nests inside `lax.while_loop` (a CIFAR smoke
+MeanFlow step went from minutes to a fraction of a second). Elsewhere one jvp gives
+both (`MeanFlowLoss.fused`); the two give the same loss and gradient (tests/test_meanflow.py).
 """
 from __future__ import annotations
 
@@ -25,6 +34,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from fm.models import layers
 
 __all__ = ["TimePairSampler", "MeanFlowLoss", "average_velocity_target"]
 
@@ -84,11 +95,14 @@ class MeanFlowLoss:
     times: the (t, r) sampler.
     p, c: adaptive weight w = 1 / (sum(err^2) + c)^p per sample, stop-gradient
       (p = 0: plain squared error; defaults: the paper's CIFAR-10 p = 0.75, c = 1e-3; ImageNet p = 1).
+    fused: take u from the jvp's primal output (one pass, as the paper's code) rather than
+      from a second, ordinary pass. None: fused except on CPU (module docstring).
   """
   path: object
   times: TimePairSampler
   p: float = 0.75
   c: float = 1e-3
+  fused: bool | None = None
 
   def __post_init__(self):
     if not (math.isfinite(self.p) and self.p >= 0):
@@ -114,7 +128,12 @@ class MeanFlowLoss:
     t, r = self.times(k_t, x0.shape[0], x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     z, v = self.path.interpolate(x0, x1, t, eps)
-    u, target = average_velocity_target(lambda z, t, r: apply_fn(params, t, z, r - t), z, t, r, v)
+    fused = jax.default_backend() != "cpu" if self.fused is None else self.fused
+    u_fn = lambda p: (lambda z, t, r: apply_fn(p, t, z, r - t))
+    with layers.forward_mode():
+      u, target = average_velocity_target(u_fn(params if fused else jax.lax.stop_gradient(params)), z, t, r, v)
+    if not fused:
+      u = u_fn(params)(z, t, r)
     err = jnp.sum(jnp.square(u - jax.lax.stop_gradient(target)), axis=tuple(range(1, z.ndim)))
     w = jax.lax.stop_gradient(1.0 / (err + self.c) ** self.p)
     loss = jnp.mean(w * err)

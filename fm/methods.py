@@ -138,6 +138,7 @@ def make(name: str, sigma: float | None = None, time_sampler: str = "uniform",
   preset = PRESETS[name]
   if name in FIXED_SIGMA and sigma not in (None, 0, 0.0):
     raise ValueError(f"method {name!r} has sigma = 0, got sigma={sigma!r}; use 'icfm' for sigma > 0")
+  losses.check_time(preset.loss, time_sampler, time_kwargs or {})
   sigma = preset.sigma if sigma is None else sigma
   if preset.coupling == "sb":
     coupling_kwargs = {"sigma": sigma, **coupling_kwargs}

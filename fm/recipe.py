@@ -148,6 +148,10 @@ def resolve(config) -> ml_collections.ConfigDict:
   for section, names in (("coupling", couplings.NAMES), ("path", paths.NAMES), ("time", timesteps.NAMES),
                          ("loss", losses.NAMES)):
     _choice(f"{section}.name", d[section]["name"], names)
+  try:   # a loss that draws its own times (meanflow) would silently ignore a time sampler
+    losses.check_time(d["loss"]["name"], d["time"]["name"], {k: v for k, v in d["time"].items() if k != "name"})
+  except ValueError as e:
+    raise UserError(f"config key {e}") from None
   config = config_lib.from_dict(d)
   name, options = data_options(config)
   _choice("model.name", f["model.name"], models.NAMES)

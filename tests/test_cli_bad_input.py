@@ -340,6 +340,20 @@ CASES = [
      "nope"),
     ("eval-nfe-sweep-fraction", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "euler:1.5,2"],
      "'1.5' is not a positive whole number; euler takes whole step counts"),
+    ("meanflow-time-sampler", _run, [*TRAIN, "--workdir", "NEW", "--config.method=meanflow",
+                                     "--config.time.name=logit_normal"],
+     "config key time.name='logit_normal' has no effect on loss 'meanflow', which draws its own (t, r) times "
+     "(set them with loss.m, loss.s, loss.equal_fraction)"),
+    ("eval-nfe-sweep-sde-coupled-run", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "euler_maruyama:2,4"],
+     "derives the score from the velocity, which needs x0 ~ N(0, I)"),
+    ("eval-nfe-sweep-meanflow-on-a-flow", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "meanflow:1,2"],
+     "needs a MeanFlow run"),
+    ("eval-nfe-sweep-sde-noise-with-ode", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "euler:1,2",
+                                                 "--sde-noise", "1"], "--sde-noise is for the SDE solvers"),
+    ("eval-nfe-sweep-sde-noise-negative", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "euler_maruyama:2",
+                                                 "--sde-noise", "-1"], "--sde-noise must be a finite number >= 0"),
+    ("eval-nfe-sweep-nll-with-sde", _run, ["eval", "--workdir", "RUN", "--nfe-sweep", "stochastic_heun:2",
+                                           "--metrics", "nll"], "metric 'nll' needs an ODE solver"),
 ] + IMG_CASES
 
 
@@ -375,9 +389,9 @@ def _fill(arg, paths):
 
 
 def test_table_size():
-  """The count reported for issue 6 (36), issue 16 (+20), the SDE / MeanFlow samplers of issue 15 (+5)
-  and issue 14's class-conditional flags (+12)."""
-  assert len(CASES) == 36 + 1 + len(IMG_CASES) + 5 + 12 == 73
+  """The count reported for issue 6 (36), issue 16 (+20), the SDE / MeanFlow samplers of issue 15 (+5),
+  issue 14's class-conditional flags (+12) and issue 15's SDE / MeanFlow NFE sweeps and meanflow's times (+6)."""
+  assert len(CASES) == 36 + 1 + len(IMG_CASES) + 5 + 12 + 6 == 79
 
 
 def test_second_train_in_a_workdir_is_locked_out(tmp_path, capsys, trained_run):  # noqa: F811

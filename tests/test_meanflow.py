@@ -169,7 +169,7 @@ def _paths(tree, prefix=()):
 @pytest.mark.parametrize("name,kwargs", [(n, k) for n, k, _ in (getattr(m, "values", m) for m in MODELS)
                                          if n != "mlp"])
 def test_meanflow_loss_differentiates_through_convolutions(name, kwargs):
-  """jax.grad of the jvp-based loss traces on CPU (Conv's custom gradient has no forward mode: jvp_safe)."""
+  """jax.grad of the jvp-based loss traces on CPU (the jvp runs inside layers.forward_mode(): XLA's convolution)."""
   model = fm.models.make(name, second_time=True, **kwargs)
   x = jnp.zeros((2, 8, 8, 3))
   params = jax.eval_shape(lambda k: model.init(k, jnp.zeros(2), x, t2=jnp.zeros(2)), jax.random.PRNGKey(0))
@@ -177,3 +177,46 @@ def test_meanflow_loss_differentiates_through_convolutions(name, kwargs):
   grads = jax.eval_shape(jax.grad(lambda p: loss(lambda q, t, z, t2: model.apply(q, t, z, t2=t2), p,
                                                  jax.random.PRNGKey(0), x, x)[0]), params)
   assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
+
+
+def _small_unet():
+  model = fm.models.make("unet", second_time=True, num_channels=32, num_res_blocks=1, channel_mult=(1,),
+                         attention_resolutions="1", dropout=0.1)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros(2), x, t2=jnp.zeros(2))
+  # the UNet's output layer starts at zero: perturb every parameter so that all of them act
+  params = jax.tree_util.tree_map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size) + 1.0).reshape(a.shape), params)
+  apply = lambda q, t, z, t2: model.apply(q, t, z, t2=t2, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  return apply, params, x
+
+
+def test_split_and_fused_passes_give_the_same_loss_and_gradient():
+  """On CPU u comes from a second, ordinary pass (fm's fast conv gradient); the paper's single jvp gives the same."""
+  apply, params, x = _small_unet()
+  x1 = jnp.flip(x, 0) + 0.3
+  out = {}
+  for fused in (False, True):
+    loss = meanflow.MeanFlowLoss(paths.make("linear"), meanflow.TimePairSampler(equal_fraction=0.5), fused=fused)
+    f = jax.jit(jax.value_and_grad(lambda p: loss(apply, p, jax.random.PRNGKey(1), x, x1)[0]))
+    out[fused] = f(params)
+  np.testing.assert_allclose(float(out[False][0]), float(out[True][0]), rtol=1e-6)
+  assert float(out[False][0]) > 0
+  for a, b in zip(jax.tree_util.tree_leaves(out[False][1]), jax.tree_util.tree_leaves(out[True][1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  assert meanflow.MeanFlowLoss(paths.make("linear"), meanflow.TimePairSampler()).fused is None   # CPU: split
+
+
+def test_meanflow_gradient_in_a_loop_compiles_to_canonical_convolutions_on_cpu():
+  """The trainer's while loop: every convolution of the MeanFlow step (forward, jvp, gradient) is canonical.
+
+  Before forward_mode(), MeanFlow nets used XLA's conv gradient, which XLA:CPU runs as naive loop
+  nests inside loops (a CIFAR smoke step took minutes); this test fails on that code."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the CPU path")
+  apply, params, x = _small_unet()
+  loss = meanflow.MeanFlowLoss(paths.make("linear"), meanflow.TimePairSampler())
+  grad = jax.grad(lambda p: loss(apply, p, jax.random.PRNGKey(1), x, x + 1.0)[0])
+  loop = jax.jit(lambda p: jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, grad(c[1])), (0, p))[1])
+  hlo = loop.lower(params).compile().as_text()
+  labels = [line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if " convolution(" in line]
+  assert len(labels) >= 10 and set(labels) == {"b01f_01io->b01f"}, sorted(set(labels))

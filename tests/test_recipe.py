@@ -176,3 +176,66 @@ def test_cli_trains_otcfm_with_a_sinkhorn_plan_validating_once(tmp_path, capsys,
   assert saved["path"] == {"name": "linear", "sigma": 0.1} and saved["method"] == "otcfm"
   rows = workdir_lib.read_metrics(workdir)
   assert rows[-1]["cost_after"] < rows[-1]["cost_before"]
+
+
+OWN_TIMES = "set them with loss.m, loss.s, loss.equal_fraction"
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ((("time.name", "logit_normal"),), "time.name='logit_normal'"),
+    ((("time.name", "logit_normal"), ("time.m", "0.5")), "time.name='logit_normal'"),
+    ((("time.m", "-1"),), "time.m=-1.0"),
+    ((("time_sampler", "logit_normal"),), "time.name='logit_normal'"),
+])
+def test_meanflow_refuses_a_time_sampler_it_would_ignore(overrides, key):
+  """MeanFlow draws its own (t, r) (loss.m, loss.s, loss.equal_fraction): any time.* other than the default is
+  refused in one sentence naming the key; so is meanflow's loss on another preset, and methods.make."""
+  with pytest.raises(errors.UserError) as e:
+    recipe.resolve(_config(("method", "meanflow"), *overrides))
+  assert str(e.value).startswith(f"config key {key} has no effect on loss 'meanflow'") and OWN_TIMES in str(e.value)
+  assert "\n" not in str(e.value)
+  with pytest.raises(errors.UserError, match=OWN_TIMES):
+    recipe.resolve(_config(("method", "icfm"), ("loss.name", "meanflow"), *overrides))
+  if key.startswith("time.name"):
+    recipe.resolve(_config(("method", "icfm"), *overrides))   # a CFM loss uses the time section
+  with pytest.raises(ValueError, match=OWN_TIMES):
+    methods.make("meanflow", time_sampler="logit_normal")
+
+
+@pytest.mark.parametrize("spec", [CONFIG, CONFIG + ":smoke", os.path.join(os.path.dirname(CONFIG), "cifar10.py:meanflow"),
+                                  os.path.join(os.path.dirname(CONFIG), "cifar10.py:meanflow_smoke")])
+def test_meanflow_configs_and_old_shapes_keep_the_default_time_section(spec):
+  """The meanflow configs, presets and an old-shape config (time = {m: None, s: None}, time_sampler uniform) pass."""
+  from fm import losses
+  config = _config(("method", "meanflow"), spec=spec)
+  d = config_lib.canonical(config_lib.to_dict(config))
+  assert d["loss"]["name"] == "meanflow" and d["time"] == {"name": "uniform"}
+  losses.check_time("meanflow", d["time"]["name"], {k: v for k, v in d["time"].items() if k != "name"})
+  if spec.startswith(CONFIG):   # the image configs' data is not here; their time section is checked above
+    recipe.resolve(config)
+    old = config_lib.to_dict(config)
+    old["time"], old["time_sampler"] = {"m": None, "s": None}, "uniform"
+    assert config_lib.canonical(config_lib.upgrade(old)) == config_lib.to_dict(recipe.resolve(config))
+    recipe.resolve(config_lib.from_dict(config_lib.upgrade(old)))
+  methods.make("meanflow")
+  assert [n for n, p in methods.PRESETS.items() if p.loss in losses.OWN_TIMES and p.time != "uniform"] == []
+
+
+def test_a_meanflow_workdir_with_a_time_sampler_samples_but_does_not_resume(smoke_runs, tmp_path, capsys):
+  """A workdir saved before the check with a time sampler set: fm sample still reads it (the sampler never
+  used the time section); fm train refuses to go on with a setting that would be ignored."""
+  import shutil
+  workdir = str(tmp_path / "mf")
+  shutil.copytree(smoke_runs["meanflow"][2], workdir)
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  saved["time"] = {"name": "logit_normal", "m": 0.0, "s": 1.0}
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  assert cli.main(["sample", "--workdir", workdir, "--solver", "meanflow", "--steps", "1", "--num", "8",
+                   "--out", str(tmp_path / "s.npz")]) == 0
+  capsys.readouterr()
+  assert cli.main(["train", "--workdir", workdir, "--config.train.steps=400"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "config key time.name='logit_normal' has no effect on loss 'meanflow'" in err

@@ -129,6 +129,9 @@ def _sweep_figure(path, rows):
         ax.plot(*zip(*dp), "s", ms=9, mfc="none", color=line.get_color() if line else None,
                 label=f"{method} dopri5")
     ax.set_xscale("log")
+    nfes = sorted({round(r["nfe"]) for r in rows})
+    ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.minorticks_off()
     ax.set_xlabel("NFE")
     ax.set_ylabel(label)
     ax.legend(fontsize=8)

@@ -29,12 +29,12 @@ correction matrices).
 """
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
 
-from fm.couplings import base, sinkhorn
+from fm.couplings import sinkhorn
 
 __all__ = ["solve_cost", "check_mass", "Partial"]
 
@@ -96,33 +96,19 @@ def check_mass(mass) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Partial(base.PlanCoupling):
+class Partial(sinkhorn.EntropicPlan):
   """Entropic partial OT coupling (TorchCFM `OTPlanSampler("partial")`); pairs drawn from its plan.
 
-  Attributes:
-    epsilon: absolute entropic regularisation (POT/TorchCFM `reg`; TorchCFM's
-      default is 0.05); overrides `relative`.
-    relative: `epsilon = relative * std(cost)` when `epsilon` is None (default
-      `sinkhorn.DEFAULT_RELATIVE`, as for "sinkhorn").
+  Attributes (besides `sinkhorn.EntropicPlan`'s epsilon, relative, threshold,
+  max_iterations and replace; `replace=True` is the only draw in which `mass < 1`
+  leaves expensive points unpaired):
     mass: transported mass in (0, 1] (POT `m`; default 1, TorchCFM's).
-    threshold, max_iterations: stopping rule of `solve_cost`.
-    replace: how pairs are drawn from the plan (`base.draw`): False, a partner
-      per x0 from its row; True, TorchCFM's joint draw with replacement (only
-      then does `mass < 1` leave expensive points unpaired).
   """
 
-  epsilon: Optional[float] = None
-  relative: Optional[float] = None
   mass: float = 1.0
-  threshold: float = 1e-3
-  max_iterations: int = 1000
-  replace: bool = False
 
-  def __post_init__(self):
-    sinkhorn.check_options(self.epsilon, self.relative, self.threshold, self.max_iterations)
+  def check(self) -> None:
     check_mass(self.mass)
-    object.__setattr__(self, "max_iterations", int(self.max_iterations))
 
-  def log_plan_of_cost(self, cost: jax.Array, allowed: jax.Array | None = None) -> Tuple[jax.Array, dict]:
-    eps = sinkhorn.resolve_epsilon(cost, self.epsilon, self.relative)  # from the whole cost, mask or not
-    return solve_cost(base.forbid(cost, allowed, jnp.inf), eps, self.mass, self.threshold, self.max_iterations)
+  def solve_cost(self, cost: jax.Array, eps: jax.Array) -> Tuple[jax.Array, dict]:
+    return solve_cost(cost, eps, self.mass, self.threshold, self.max_iterations)

@@ -9,7 +9,7 @@ import numpy as np
 
 from fm.couplings import base
 
-__all__ = ["DEFAULT_RELATIVE", "resolve_epsilon", "solve", "check_options", "Sinkhorn", "SB"]
+__all__ = ["DEFAULT_RELATIVE", "resolve_epsilon", "solve", "check_options", "Sinkhorn", "SB", "EntropicPlan"]
 
 # eps = DEFAULT_RELATIVE * std(cost). The std (not the mean) of the cost is the
 # scale of cost *differences*, which stays meaningful in high dimension: at
@@ -171,3 +171,43 @@ class SB(Sinkhorn):
 
   def _eps_args(self):
     return 2.0 * self.sigma ** 2, None
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropicPlan(base.PlanCoupling):
+  """The options and plan of the couplings that solve an entropic problem of their own (`unbalanced`, `partial`).
+
+  A subclass adds its own option after these, checks it in `check()` and solves in
+  `solve_cost(cost, eps) -> (log_plan [n, m], info)`; epsilon comes from the whole cost
+  (`resolve_epsilon`, before a within-class mask), forbidden pairs get cost +inf.
+
+  Attributes:
+    epsilon: absolute entropic regularisation (POT/TorchCFM `reg`; TorchCFM's
+      default is 0.05); overrides `relative`.
+    relative: `epsilon = relative * std(cost)` when `epsilon` is None (default
+      `DEFAULT_RELATIVE`, as for "sinkhorn").
+    threshold, max_iterations: the solver's stopping rule.
+    replace: how pairs are drawn from the plan (`base.draw`): False, a partner
+      per x0 from its row; True, TorchCFM's joint draw with replacement.
+  """
+
+  epsilon: Optional[float] = None
+  relative: Optional[float] = None
+  threshold: float = 1e-3
+  max_iterations: int = 1000
+  replace: bool = False
+
+  def __post_init__(self):
+    check_options(self.epsilon, self.relative, self.threshold, self.max_iterations)
+    self.check()
+    object.__setattr__(self, "max_iterations", int(self.max_iterations))
+
+  def check(self) -> None:
+    """ValueError (one sentence) for a bad option of the subclass."""
+
+  def solve_cost(self, cost: jax.Array, eps: jax.Array) -> Tuple[jax.Array, dict]:
+    raise NotImplementedError
+
+  def log_plan_of_cost(self, cost: jax.Array, allowed: jax.Array | None = None) -> Tuple[jax.Array, dict]:
+    eps = resolve_epsilon(cost, self.epsilon, self.relative)  # from the whole cost, mask or not
+    return self.solve_cost(base.forbid(cost, allowed, jnp.inf), eps)

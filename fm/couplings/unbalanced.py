@@ -20,12 +20,12 @@ relative change of the scalings) is below `threshold`.
 """
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
 
-from fm.couplings import base, sinkhorn
+from fm.couplings import sinkhorn
 
 __all__ = ["solve_cost", "Unbalanced"]
 
@@ -83,32 +83,18 @@ def check_reg_m(reg_m) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Unbalanced(base.PlanCoupling):
+class Unbalanced(sinkhorn.EntropicPlan):
   """Unbalanced entropic OT coupling (TorchCFM `OTPlanSampler("unbalanced")`); pairs drawn from its plan.
 
-  Attributes:
-    epsilon: absolute entropic regularisation (POT/TorchCFM `reg`; TorchCFM's
-      default is 0.05); overrides `relative`.
-    relative: `epsilon = relative * std(cost)` when `epsilon` is None (default
-      `sinkhorn.DEFAULT_RELATIVE`, as for "sinkhorn").
+  Attributes (besides `sinkhorn.EntropicPlan`'s epsilon, relative, threshold,
+  max_iterations and replace):
     reg_m: marginal relaxation (POT/TorchCFM `reg_m`, default 1.0 as TorchCFM).
-    threshold, max_iterations: stopping rule of `solve_cost`.
-    replace: how pairs are drawn from the plan (`base.draw`): False, a partner
-      per x0 from its row; True, TorchCFM's joint draw with replacement.
   """
 
-  epsilon: Optional[float] = None
-  relative: Optional[float] = None
   reg_m: float = 1.0
-  threshold: float = 1e-3
-  max_iterations: int = 1000
-  replace: bool = False
 
-  def __post_init__(self):
-    sinkhorn.check_options(self.epsilon, self.relative, self.threshold, self.max_iterations)
+  def check(self) -> None:
     check_reg_m(self.reg_m)
-    object.__setattr__(self, "max_iterations", int(self.max_iterations))
 
-  def log_plan_of_cost(self, cost: jax.Array, allowed: jax.Array | None = None) -> Tuple[jax.Array, dict]:
-    eps = sinkhorn.resolve_epsilon(cost, self.epsilon, self.relative)  # from the whole cost, mask or not
-    return solve_cost(base.forbid(cost, allowed, jnp.inf), eps, self.reg_m, self.threshold, self.max_iterations)
+  def solve_cost(self, cost: jax.Array, eps: jax.Array) -> Tuple[jax.Array, dict]:
+    return solve_cost(cost, eps, self.reg_m, self.threshold, self.max_iterations)

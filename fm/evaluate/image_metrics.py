@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from fm import likelihood, solvers
 from fm.data import images as images_lib
@@ -134,8 +135,11 @@ def _bpd_batch(model, params, images, key, divergence, num_probes, solver, rtol,
 
 def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, divergence: str,
                num_probes: int = 1, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-               steps: int | None = None, batch_size: int = 64, labels: np.ndarray | None = None) -> dict[str, Any]:
+               steps: int | None = None, batch_size: int = 64, labels: np.ndarray | None = None,
+               progress: bool = False) -> dict[str, Any]:
   """Mean bits/dim of uint8 `images` `[N, H, W, C]` with its standard error, NFE and settings.
+
+  progress: a progress bar over the images, with its time estimate (each takes seconds on a CPU).
 
   A conditional run passes the images' true `labels` `[N]`: the bits/dim are
   then conditional on them, -log2 p(x | y) / dim, with the conditional field.
@@ -150,6 +154,7 @@ def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, diverg
   kw = dict(rtol=float(rtol), atol=float(atol), steps=None) if solver in solvers.ADAPTIVE else dict(
       rtol=1e-5, atol=1e-5, steps=int(steps))
   out, nfe, ok = [], [], True
+  bar = tqdm.tqdm(total=n, desc="bits/dim", unit="img", disable=None if progress else True, leave=False)
   for j, start in enumerate(range(0, n, b)):
     chunk = images[start:start + b]
     count = len(chunk)
@@ -163,6 +168,8 @@ def bpd_of_run(run: recipe.Run, params, images: np.ndarray, *, seed: int, diverg
     out.append(np.asarray(bpd)[:count])
     nfe.append(int(e))
     ok = ok and bool(s)
+    bar.update(count)
+  bar.close()
   bpd = np.concatenate(out).astype(np.float64)
   passes = 1 + 2 * (d if divergence == "exact" else num_probes)
   return {"value": float(bpd.mean()), "bpd_sem": float(bpd.std(ddof=1) / np.sqrt(n)) if n > 1 else None,

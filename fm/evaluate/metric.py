@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar
 from fm import recipe
 from fm.evaluate import fid
 
-__all__ = ["Options", "Context", "Metric", "SAMPLE_METRICS", "sde_kwargs"]
+__all__ = ["Options", "Context", "Metric", "SAMPLE_METRICS", "check_sampler", "sde_noise", "sde_kwargs"]
 
 _DEFAULT_DIVERGENCE = {"images": "hutchinson", "points": "exact"}
 
@@ -51,6 +51,7 @@ class Options:
   fid_batch_size: int = 50
   fid_preprocessing: str = fid.DEFAULT_PREPROCESSING   # "tf" | "pytorch-fid" (FID and KID)
   fid_subsets: int = 5                                  # FID's spread over disjoint subsets (0: none)
+  fid_ref_num: int | None = None   # reference from the training source: a random subset of this many images (None: all)
   bpd_num: int = 10_000
   bpd_batch_size: int = 64
   divergence: str | None = None
@@ -60,17 +61,36 @@ class Options:
   sde_noise: float | None = None   # SDE solvers: the diffusion scale (None: 1)
 
 
-SAMPLE_METRICS = ("w2", "fid")   # metrics of samples alone: any sampler (ODE, SDE, MeanFlow) serves them
+SAMPLE_METRICS = ("w2", "fid", "kid")   # metrics of samples alone: any sampler (ODE, SDE, MeanFlow) serves them
+
+
+def check_sampler(ctx, solver: str) -> None:
+  """UserError (the sentence `fm sample` gives) unless `solver` can sample the context's run.
+
+  The run's source: the toy task's for points, N(0, I) ("gaussian") for images.
+  """
+  from fm.data import toys  # pylint: disable=g-import-not-at-top
+  from fm.evaluate import toy  # pylint: disable=g-import-not-at-top
+  source = toys.parse_task(ctx.run.config.data.task)[0] if ctx.kind == "points" else "gaussian"
+  toy.check_sampler(ctx.run, solver, source)
+
+
+def sde_noise(opts: "Options", solver: str) -> float | None:
+  """The diffusion scale an SDE solver samples at (`--sde-noise`, default 1); None for other solvers."""
+  from fm import solvers  # pylint: disable=g-import-not-at-top
+  if solver not in solvers.SDE_SOLVERS:
+    return None
+  return 1.0 if opts.sde_noise is None else float(opts.sde_noise)
 
 
 def sde_kwargs(ctx, solver: str, source: str) -> dict[str, Any]:
   """`{noise, path}` for an SDE solver (after `fm.evaluate.toy.check_sampler`), else {}."""
-  from fm import solvers  # pylint: disable=g-import-not-at-top
   from fm.evaluate import toy  # pylint: disable=g-import-not-at-top
   toy.check_sampler(ctx.run, solver, source)
-  if solver not in solvers.SDE_SOLVERS:
+  noise = sde_noise(ctx.opts, solver)
+  if noise is None:
     return {}
-  return {"noise": 1.0 if ctx.opts.sde_noise is None else float(ctx.opts.sde_noise), "path": ctx.run.method.path}
+  return {"noise": noise, "path": ctx.run.method.path}
 
 
 class Context:

@@ -77,17 +77,25 @@ def trajectories_figure(path: str, panels: list[tuple], reference: np.ndarray | 
   save(fig, path)
 
 
-def nfe_curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]], title: str = "") -> None:
-  """One panel per metric `(ylabel, {series label: (nfe, values)})`: metric against NFE (log x)."""
+def nfe_curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]], title: str = "",
+               annotations: dict[str, list[str]] | None = None) -> None:
+  """One panel per metric `(ylabel, {series label: (nfe, values)})`: metric against NFE (log x).
+
+  `annotations`: `{series label: one text per point}` written beside the points (e.g. "steps 25").
+  """
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
   for ax, (ylabel, series) in zip(axes[0], panels):
     for label, (nfe, values) in series.items():
       ax.plot(nfe, values, marker="o", ms=3, label=label)
+      for x, y, text in zip(nfe, values, (annotations or {}).get(label, ())):
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    if annotations:
+      ax.margins(x=0.15, y=0.1)   # room for the labels of the end points
     ax.set_xscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    if len(series) > 1:
+    if len(series) > 1 or annotations:
       ax.legend(fontsize=7)
   if title:
     fig.suptitle(title, fontsize=9)

@@ -31,7 +31,7 @@ from typing import Any
 
 from fm import likelihood, provenance, solvers
 from fm.evaluate import conditional, nfe_sweep, records, registry
-from fm.evaluate.metric import SAMPLE_METRICS, Context, Options
+from fm.evaluate.metric import SAMPLE_METRICS, Context, Options, check_sampler, sde_noise
 from fm.io import files
 from fm import recipe
 
@@ -47,18 +47,19 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
   """The metrics to compute; ValueError (one sentence) for any bad option. Touches nothing."""
   metrics = registry.check(kind, opts.metrics, opts, sweep=bool(sweep_spec))
   if sweep_spec:
-    nfe_sweep.parse(sweep_spec)
+    solver, _ = nfe_sweep.parse(sweep_spec)
   else:
+    solver = opts.solver
     if opts.solver not in solvers.SAMPLERS:
       raise ValueError(f"--solver: invalid choice {opts.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
     if opts.solver not in solvers.ADAPTIVE and opts.steps is None:
       raise ValueError(f"solver {opts.solver!r} is fixed-step: pass --steps N")
-    ode_only = [m for m in metrics if m not in SAMPLE_METRICS]
-    if opts.solver not in solvers.SOLVERS and ode_only:
-      raise ValueError(f"metric {ode_only[0]!r} needs an ODE solver ({', '.join(solvers.SOLVERS)}), not "
-                       f"{opts.solver!r}; sample-based metrics: {', '.join(SAMPLE_METRICS)}")
     if opts.solver in solvers.ADAPTIVE and opts.steps is not None:
       raise ValueError(f"solver {opts.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  ode_only = [m for m in metrics if m not in SAMPLE_METRICS]
+  if solver not in solvers.SOLVERS and ode_only:
+    raise ValueError(f"metric {ode_only[0]!r} needs an ODE solver ({', '.join(solvers.SOLVERS)}), not "
+                     f"{solver!r}; sample-based metrics: {', '.join(SAMPLE_METRICS)}")
   for name in ("num", "steps", "batch_size", "fid_batch_size", "bpd_num", "bpd_batch_size", "num_probes"):
     v = getattr(opts, name)
     if v is not None and v <= 0:
@@ -117,18 +118,22 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
   names = check(kind, opts, spec)
   solver, values = nfe_sweep.parse(spec)
   ctx = Context(workdir, opts)
+  check_sampler(ctx, solver)   # meanflow / an SDE on a run they cannot sample: refused before any work
   active, skipped = _ready(ctx, names)
   if not active:
     return [], {}, skipped
   adaptive = solver in solvers.ADAPTIVE
+  noise = sde_noise(opts, solver)
   rows = []
   for value in values:
-    row = {"solver": solver, ("tol" if adaptive else "steps"): value}
+    row = {"solver": solver, ("tol" if adaptive else "steps"): value, **({} if noise is None else {"sde_noise": noise})}
     for name, metric in active.items():
       rec = _compute(ctx, metric, solver, *((value, value, None) if adaptive else (None, None, value)), sweep=spec)
       row.setdefault("nfe", rec["nfe"])
       if rec["nfe"] != row["nfe"]:
         row[f"{name}_nfe"] = rec["nfe"]
+      if "network_passes" in rec:   # a conditional run at guidance s: 2 NFE unless s is 0 or 1
+        row.setdefault("network_passes", rec["network_passes"])
       row[name] = rec["value"]
     rows.append(row)
   what = []
@@ -138,7 +143,8 @@ def sweep(workdir: str, spec: str, opts: Options) -> tuple[list[dict[str, Any]],
     what.append(f"{ctx.num(metric)} samples" + (f" ({ctx.opts.fid_preprocessing} preprocessing)" if inception else ""))
   if "bpd" in active:
     what.append(f"bits/dim of {len(active['bpd'].images)} held-out images ({ctx.divergence})")
-  caption = (f"{ctx.base['method']} at step {ctx.step}, {solver} NFE sweep. Data: {ctx.base['data']}; "
+  sampler = solver if noise is None else f"{solver} (SDE noise {noise:g})"
+  caption = (f"{ctx.base['method']} at step {ctx.step}, {sampler} NFE sweep. Data: {ctx.base['data']}; "
              f"seed {ctx.seed}; {', '.join(what)}; NFE per trajectory (mean over batches).")
   paths = nfe_sweep.write(workdir, solver, list(rows), list(active), caption)
   return rows, paths, skipped
@@ -254,7 +260,8 @@ def _guidance_grid(ctx: Context, opts: Options) -> dict[str, Any]:
   info = images.sample_run(ctx.run, ctx.params, ctx.step, out, opts.solver, num=per * ctx.num_classes,
                            seed=ctx.seed, rtol=ctx.rtol, atol=ctx.atol, steps=opts.steps,
                            batch_size=min(ctx.batch_size, per * ctx.num_classes), progress=False,
-                           classes=list(range(ctx.num_classes)), guidance=ctx.guidance, source_info=ctx.source_info)
+                           classes=list(range(ctx.num_classes)), guidance=ctx.guidance, source_info=ctx.source_info,
+                           sde_noise=sde_noise(opts, opts.solver))   # now that SDE samplers take guidance
   n = len(info["nfe_per_batch"])
   return {"grid": os.path.relpath(info["png"], ctx.workdir), "grid_nfe": info["nfe"] / n,
           "grid_network_passes": info["network_passes"] / n}

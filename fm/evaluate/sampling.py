@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 
 from fm import guidance as guidance_lib
-from fm import heads, recipe, solvers
+from fm import heads, solvers
 from fm.train import partitioning
 
 __all__ = ["generate", "sample", "batch_size_for", "initial_points", "noise_keys", "NOISE_STREAM"]
@@ -40,39 +40,31 @@ def generate(model, params, x0, solver="dopri5", rtol=1e-5, atol=1e-5, steps=Non
   `info` has `nfe` (exact evaluations of the field the solver integrates,
   rejected dopri5 steps included), `network_passes`, `steps` and, for dopri5,
   `rejected` and `success` (False if `max_steps` was hit). A conditional model
-  takes labels `y` `[n]` and a guidance scale (`fm.guidance`: the guided field
-  is one batched call, so `network_passes` is `nfe`, or `2 nfe` for s != 1).
+  takes labels `y` `[n]` and a guidance scale for any solver (`fm.guidance`,
+  applied to the network's whole output, `fm.heads.network`: the guided field
+  is one batched call, so `network_passes` is `nfe`, or `2 nfe` for s not 0 or 1).
   SDE solvers need `noise` (the diffusion scale), the run's `path` and `keys`
   (one PRNG key per sample, `[n, 2]`); "meanflow" needs a MeanFlow network.
-  SDE and MeanFlow solvers take labels at guidance 1 only.
   """
   head = heads.for_model(model)
-  if solver in solvers.SDE_SOLVERS or solver in solvers.MEANFLOW:
-    if y is not None and guidance != 1.0:
-      raise ValueError(f"guidance {guidance} needs an ODE solver; the {solver!r} sampler takes labels at "
-                       f"guidance 1 only")
-    extras = {} if y is None else {"y": y}
-    if solver in solvers.SDE_SOLVERS:
-      sde = head.sde(model, params, noise, path, **extras)
-      x1, info = solvers.integrate_sde(sde.drift, sde.diffusion, x0, keys, solver, steps=steps,
-                                       save_trajectory=save_trajectory)
+  extras = {} if y is None else {"y": y}
+  guidance = 1.0 if y is None else guidance
+  if solver in solvers.SDE_SOLVERS:
+    sde = head.sde(model, params, noise, path, guidance, **extras)
+    x1, info = solvers.integrate_sde(sde.drift, sde.diffusion, x0, keys, solver, steps=steps,
+                                     save_trajectory=save_trajectory)
+  elif solver in solvers.MEANFLOW:
+    x1, info = solvers.integrate_average(head.average_velocity(model, params, guidance, **extras), x0, steps=steps,
+                                         save_trajectory=save_trajectory)
+  else:
+    if solver in solvers.ADAPTIVE:
+      kwargs = {"rtol": rtol, "atol": atol}
+      if max_steps is not None:
+        kwargs["max_steps"] = max_steps
     else:
-      x1, info = solvers.integrate_average(head.average_velocity(model, params, **extras), x0, steps=steps,
-                                           save_trajectory=save_trajectory)
-    info["network_passes"] = info["nfe"]
-    return x1, info
-  if solver in solvers.ADAPTIVE:
-    kwargs = {"rtol": rtol, "atol": atol}
-    if max_steps is not None:
-      kwargs["max_steps"] = max_steps
-  else:
-    kwargs = {"steps": steps, "save_trajectory": save_trajectory}
-  if y is None:
-    v = recipe.velocity(model, params)
-  else:
-    v = guidance_lib.velocity(model, params, y, guidance)
-  x1, info = solvers.integrate(v, x0, solver=solver, **kwargs)
-  info["network_passes"] = guidance_lib.network_passes(info["nfe"], 1.0 if y is None else guidance)
+      kwargs = {"steps": steps, "save_trajectory": save_trajectory}
+    x1, info = solvers.integrate(head.velocity(model, params, guidance, **extras), x0, solver=solver, **kwargs)
+  info["network_passes"] = guidance_lib.network_passes(info["nfe"], guidance)
   return x1, info
 
 

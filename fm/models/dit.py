@@ -221,7 +221,7 @@ class DiT(nn.Module):
     # Patch embedding, initialised like a Dense on the flattened patch (as DiT does).
     conv_init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
     h = Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dt, kernel_init=conv_init,
-                name="x_embedder", jvp_safe=self.second_time)(x.astype(dt))
+             name="x_embedder")(x.astype(dt))
     h = h.reshape(b, gh * gw, d).astype(jnp.float32) + jnp.asarray(sincos_pos_embed_2d(d, gh, gw))
 
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))

@@ -1,8 +1,10 @@
 """Layers shared by the image velocity networks (UNet, DiT)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -10,9 +12,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Conv", "GroupNorm", "conv2d", "timestep_embedding"]
+__all__ = ["Conv", "GroupNorm", "conv2d", "forward_mode", "timestep_embedding"]
 
 _DN = ("NHWC", "HWIO", "NHWC")
+_FORWARD_MODE = contextvars.ContextVar("fm_forward_mode", default=False)
+
+
+@contextlib.contextmanager
+def forward_mode() -> Iterator[None]:
+  """Within this context, `Conv` traces XLA's own convolution, which `jax.jvp` can differentiate.
+
+  `conv2d`'s custom gradient (fast inside XLA:CPU loops) has no forward-mode rule. A loss
+  that differentiates the network forward (MeanFlow's total derivative) traces that call
+  inside this context, and the network's ordinary forward and backward outside it, so
+  only the forward-mode pass uses XLA's convolution (`fm.meanflow.MeanFlowLoss`). The
+  numbers are the same either way; the context is read while tracing, so a jitted
+  function traces it once.
+  """
+  token = _FORWARD_MODE.set(True)
+  try:
+    yield
+  finally:
+    _FORWARD_MODE.reset(token)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -116,10 +137,10 @@ class Conv(nn.Module):
   same numbers; on CPU through `conv2d`, whose gradient stays fast inside XLA:CPU loops, on
   other platforms through `lax.conv_general_dilated` and XLA's own gradient.
 
+  Inside `forward_mode()` it is XLA's convolution on every platform, so that `jax.jvp`
+  can differentiate it (`conv2d`'s custom gradient has no forward-mode rule).
+
   padding: "SAME", "VALID" or `((top, bottom), (left, right))`.
-  jvp_safe: XLA's convolution on every platform. `conv2d`'s custom gradient has no
-    forward-mode rule, so a network that is differentiated with `jax.jvp` (MeanFlow's
-    target) sets it; its CPU gradient is then XLA's own.
   """
   features: int
   kernel_size: Sequence[int]
@@ -128,7 +149,6 @@ class Conv(nn.Module):
   dtype: Any = None
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
-  jvp_safe: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -145,7 +165,7 @@ class Conv(nn.Module):
     def xla_conv(x, w):   # elsewhere XLA's own gradient (cuDNN's kernels on GPU)
       return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DN)
 
-    if self.jvp_safe:
+    if _FORWARD_MODE.get():
       y = xla_conv(x.astype(dtype), kernel.astype(dtype))
     else:
       y = jax.lax.platform_dependent(x.astype(dtype), kernel.astype(dtype),

@@ -32,10 +32,10 @@ _torch_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 _zeros = nn.initializers.zeros
 
 
-def _conv(features, name, dtype, size=3, stride=1, zero=False, jvp_safe=False):
+def _conv(features, name, dtype, size=3, stride=1, zero=False):
   pad = (size - 1) // 2
   return Conv(features, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 dtype=dtype, kernel_init=_zeros if zero else _torch_init, name=name, jvp_safe=jvp_safe)
+              dtype=dtype, kernel_init=_zeros if zero else _torch_init, name=name)
 
 
 def _dense(features, name, dtype, zero=False):
@@ -64,7 +64,6 @@ class ResBlock(nn.Module):
   up: bool = False
   down: bool = False
   dtype: Any = jnp.float32
-  jvp_safe: bool = False   # XLA's convolution everywhere (forward mode: MeanFlow)
 
   @nn.compact
   def __call__(self, x, emb, train=False):
@@ -74,7 +73,7 @@ class ResBlock(nn.Module):
       h, x = _upsample(h), _upsample(x)
     elif self.down:
       h, x = _avgpool(h), _avgpool(x)
-    h = _conv(self.out_channels, "in_layers_2", self.dtype, jvp_safe=self.jvp_safe)(h)
+    h = _conv(self.out_channels, "in_layers_2", self.dtype)(h)
     width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
     e = _dense(width, "emb_layers_1", self.dtype)(nn.silu(emb))[:, None, None, :]
     if self.use_scale_shift_norm:
@@ -83,9 +82,9 @@ class ResBlock(nn.Module):
     else:
       h = _norm(h + e, "out_layers_0")
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = _conv(self.out_channels, "out_layers_3", self.dtype, zero=True, jvp_safe=self.jvp_safe)(h)
+    h = _conv(self.out_channels, "out_layers_3", self.dtype, zero=True)(h)
     if x.shape[-1] != self.out_channels:
-      x = _conv(self.out_channels, "skip_connection", self.dtype, size=1, jvp_safe=self.jvp_safe)(x)
+      x = _conv(self.out_channels, "skip_connection", self.dtype, size=1)(x)
     return x + h
 
 
@@ -119,21 +118,19 @@ class AttentionBlock(nn.Module):
 class Downsample(nn.Module):
   """3x3 conv with stride 2 and one pixel of padding each side (not SAME)."""
   dtype: Any = jnp.float32
-  jvp_safe: bool = False   # XLA's convolution everywhere (forward mode: MeanFlow)
 
   @nn.compact
   def __call__(self, x):
-    return _conv(x.shape[-1], "op", self.dtype, stride=2, jvp_safe=self.jvp_safe)(x)
+    return _conv(x.shape[-1], "op", self.dtype, stride=2)(x)
 
 
 class Upsample(nn.Module):
   """Nearest-neighbour x2 then a 3x3 conv."""
   dtype: Any = jnp.float32
-  jvp_safe: bool = False   # XLA's convolution everywhere (forward mode: MeanFlow)
 
   @nn.compact
   def __call__(self, x):
-    return _conv(x.shape[-1], "conv", self.dtype, jvp_safe=self.jvp_safe)(_upsample(x))
+    return _conv(x.shape[-1], "conv", self.dtype)(_upsample(x))
 
 
 def _parse_resolutions(res) -> tuple[int, ...]:
@@ -304,7 +301,6 @@ class UNet(nn.Module):
     attn_ds = {width // r for r in _parse_resolutions(self.attention_resolutions)}
     heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
     nc = self.num_channels
-    jvp = self.second_time   # MeanFlow differentiates the net forward (jax.jvp): XLA's convolution everywhere
 
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (b,))
     emb = _dense(4 * nc, "time_embed_0", dt)(timestep_embedding(t, nc))
@@ -318,12 +314,12 @@ class UNet(nn.Module):
                            name="label_emb")(y)
 
     def res(out, name, **kw):
-      return ResBlock(out, self.dropout, self.use_scale_shift_norm, dtype=dt, jvp_safe=jvp, name=name, **kw)
+      return ResBlock(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)
 
     def attn(ch, heads, name):
       return AttentionBlock(self._heads(ch, heads), not self.use_new_attention_order, dt, name=name)
 
-    h = _conv(int(mult[0] * nc), "input_blocks_0_0", dt, jvp_safe=jvp)(x.astype(dt))
+    h = _conv(int(mult[0] * nc), "input_blocks_0_0", dt)(x.astype(dt))
     hs, k, ds = [h], 1, 1
     for level, m in enumerate(mult):
       for _ in range(self.num_res_blocks):
@@ -337,7 +333,7 @@ class UNet(nn.Module):
         if self.resblock_updown:
           h = res(h.shape[-1], name, down=True)(h, emb, train)
         else:
-          h = Downsample(dt, jvp, name=name)(h)
+          h = Downsample(dt, name=name)(h)
         hs.append(h)
         k, ds = k + 1, ds * 2
 
@@ -359,12 +355,12 @@ class UNet(nn.Module):
           if self.resblock_updown:
             h = res(h.shape[-1], name, up=True)(h, emb, train)
           else:
-            h = Upsample(dt, jvp, name=name)(h)
+            h = Upsample(dt, name=name)(h)
           ds //= 2
         k += 1
 
     h = nn.silu(_norm(h, "out_0"))
-    return _conv(c_in * self.outputs, "out_2", dt, zero=True, jvp_safe=jvp)(h).astype(x.dtype)
+    return _conv(c_in * self.outputs, "out_2", dt, zero=True)(h).astype(x.dtype)
 
 
 def _flax_path(torch_prefix: str) -> tuple[str, ...]:

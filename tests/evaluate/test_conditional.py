@@ -63,6 +63,25 @@ def test_sample_cli_by_class(cond_run, tmp_path):
   assert os.path.isfile(str(tmp_path / "mode5.png"))
 
 
+def test_sde_sampling_with_guidance(cond_run, tmp_path, capsys):
+  """Euler-Maruyama (the marginal-preserving SDE of the icfm flow) takes guidance: at 2 the samples land on
+  their class's mode far more often than at 0 (which ignores the label; measured 400 samples: 0.998 at 2, 0.098
+  at 0); network passes are 2 NFE at 2."""
+  from fm import cli
+  workdir, _ = cond_run
+  acc = {}
+  for s in ("0", "2"):
+    out = str(tmp_path / f"em{s}.npz")
+    assert cli.main(["sample", "--workdir", workdir, "--solver", "euler_maruyama", "--steps", "20", "--classes",
+                     "all", "--num", "400", "--guidance", s, "--out", out]) == 0
+    assert f"NFE 20 (euler_maruyama, {20 if s == '0' else 40} network passes at guidance {s})" in capsys.readouterr().out
+    with np.load(out) as f:
+      assert int(f["nfe"]) == 20 and int(f["network_passes"]) == (20 if s == "0" else 40)
+      assert float(f["guidance"]) == float(s) and float(f["sde_noise"]) == 1.0
+      acc[s] = conditional.mode_accuracy(f["samples"], f["labels"], np.asarray(toys.mode_centres("8gaussians")))
+  assert acc["2"]["value"] > 0.9 and acc["0"]["value"] < 0.3, acc
+
+
 def test_class_labels_and_training_labels():
   np.testing.assert_array_equal(conditional.class_labels([3, 1], 6, 4), [3, 3, 3, 1, 1, 1])
   with pytest.raises(ValueError, match="valid classes: 0 to 3"):

@@ -157,6 +157,36 @@ def test_fid_end_to_end(image_run, cheap_inception, tmp_path):
   assert os.path.dirname(recs2[0]["reference"]) == str(reference.cache_dir())
 
 
+def test_fid_reference_of_a_random_training_subset(image_run, cheap_inception):
+  """--fid-ref-num: the reference is a fixed random subset (its own cache entry), FID and KID against it."""
+  workdir, folder = image_run
+  weights, calls = cheap_inception
+  opts = runner.Options(metrics=("fid", "kid"), num=9, solver="euler", steps=3, seed=2, inception=weights,
+                        fid_subsets=0, fid_ref_num=6, progress=False)
+  f, k = runner.evaluate(workdir, opts)[0]
+  assert calls == [(6, "tf"), (9, "tf")] and f["reference_num"] == 6 and "random subset of 6" in f["reference_data"]
+  idx = reference.subset(10, 6)
+  assert len(set(idx.tolist())) == 6 and np.all(np.diff(idx) > 0)
+  ref_feats = cheap_features(None, images_lib.load(path=folder, split="train")[0][idx])
+  full = cheap_features(None, images_lib.load(path=folder, split="train")[0])
+  assert not np.allclose(fid.statistics(ref_feats)[0], fid.statistics(full)[0])   # the subset is not everything
+  gen = cheap_features(None, np.load(str(_samples(workdir, "euler", 3, 9, 2)))["samples"])
+  assert f["value"] == pytest.approx(fid.frechet_distance(*fid.statistics(gen), *fid.statistics(ref_feats)), rel=1e-9)
+  assert k["value"] == pytest.approx(kid.kid(gen, ref_feats, seed=2)["mean"], rel=1e-9, abs=1e-12)
+  # the subset is its own cache entry, reused next time; the whole source is another
+  f2, _ = runner.evaluate(workdir, opts)[0]
+  assert f2["reference_cached"] and f2["reference"] == f["reference"] and calls[-1] == (9, "tf")
+  assert reference.subset(10, None) is None and reference.subset(10, 10) is None
+  with pytest.raises(ValueError, match="--fid-ref-num subsets the training data"):
+    runner.check("images", dataclasses.replace(opts, fid_stats=weights), None)
+
+
+def _samples(workdir, solver, steps, num, seed):
+  out = os.path.join(workdir, f"_samples_{solver}{steps}_{num}_{seed}.npz")
+  evaluate.sample_workdir(workdir, out, progress=False, solver=solver, steps=steps, num=num, seed=seed, batch_size=4)
+  return out
+
+
 def test_bpd_end_to_end(image_run):
   """Bits/dim of 5 of the 6 test images, as fm.likelihood gives them by hand."""
   workdir, folder = image_run
@@ -261,6 +291,26 @@ def test_nfe_sweep_images(image_run, cheap_inception, capsys):
   assert "| euler | 4 | 4 |" in out
   swept = [r for r in records.read(workdir) if r.get("sweep") == "euler:1,2,4"]
   assert [r["steps"] for r in swept] == [1, 2, 4]
+
+
+@pytest.mark.slow   # ~7 s; the toy SDE and MeanFlow sweeps run by default (tests/test_cli_sde.py)
+def test_sde_nfe_sweep_images(image_run, cheap_inception, capsys):
+  """An image run's SDE sweep: FID and KID (sample metrics) at each step count and one --sde-noise; NFE is
+  stochastic Heun's own 2 x steps; the files are named by the noise."""
+  workdir, _ = image_run
+  weights, _ = cheap_inception
+  code = cli.main(["eval", "--workdir", workdir, "--nfe-sweep", "stochastic_heun:1,2", "--metrics", "fid,kid",
+                   "--num", "6", "--sde-noise", "0.7", "--inception", weights])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  with open(os.path.join(workdir, "nfe_sweep_stochastic_heun_noise0.7.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [(int(r["steps"]), float(r["sde_noise"]), float(r["nfe"])) for r in rows] == [(1, 0.7, 2), (2, 0.7, 4)]
+  assert all(np.isfinite(float(r["fid"])) and np.isfinite(float(r["kid"])) for r in rows)
+  assert "| stochastic_heun | 2 | 0.7 | 4 |" in out
+  swept = [r for r in records.read(workdir) if r.get("sweep") == "stochastic_heun:1,2"]
+  assert sorted((r["metric"], r["steps"], r["sde_noise"]) for r in swept) == [
+      ("fid", 1, 0.7), ("fid", 2, 0.7), ("kid", 1, 0.7), ("kid", 2, 0.7)]
 
 
 def test_held_out_without_test_split(tmp_path):

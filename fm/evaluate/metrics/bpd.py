@@ -31,5 +31,6 @@ class BPD(Metric):
   def compute(self, ctx: Context, solver: str, rtol: float, atol: float, steps: int | None) -> dict[str, Any]:
     out = image_metrics.bpd_of_run(ctx.run, ctx.params, self.images, seed=ctx.seed, divergence=ctx.divergence,
                                    num_probes=ctx.opts.num_probes, batch_size=ctx.opts.bpd_batch_size,
-                                   solver=solver, rtol=rtol, atol=atol, steps=steps, labels=self.labels)
+                                   solver=solver, rtol=rtol, atol=atol, steps=steps, labels=self.labels,
+                                   progress=ctx.opts.progress)
     return {**out, "held_out": self.where}

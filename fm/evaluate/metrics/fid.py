@@ -27,9 +27,13 @@ def _check_weights(path: str, mtime: float) -> None:
 
 
 def check_inception_options(opts: Options, what: str) -> None:
-  """ValueError (one sentence) for a bad --num, --fid-preprocessing or --inception of FID / KID."""
+  """ValueError (one sentence) for a bad --num, --fid-preprocessing, --fid-ref-num or --inception of FID / KID."""
   if opts.num is not None and opts.num < 2:
     raise ValueError(f"{what} needs at least 2 samples, got --num {opts.num}")
+  if opts.fid_ref_num is not None and opts.fid_ref_num < 2:
+    raise ValueError(f"--fid-ref-num must be at least 2 images, got {opts.fid_ref_num}")
+  if opts.fid_ref_num is not None and opts.fid_stats is not None:
+    raise ValueError("--fid-ref-num subsets the training data, which --fid-stats replaces; give one of them")
   if opts.fid_preprocessing not in fid.PREPROCESSING:
     raise ValueError(f"--fid-preprocessing: invalid choice {opts.fid_preprocessing!r}; valid: "
                      f"{', '.join(fid.PREPROCESSING)}")
@@ -62,7 +66,7 @@ def reference_of(ctx: Context) -> dict[str, Any]:
     else:
       kwargs = reference.load_kwargs(ctx.run.config.data.to_dict())
       mu, sigma, feats, info = reference.from_source(kwargs, net["params"], net["sha256"], ctx.opts.fid_batch_size,
-                                                     preprocessing=mode)
+                                                     preprocessing=mode, num=ctx.opts.fid_ref_num)
     return {"mu": mu, "sigma": sigma, "feats": feats,
             "info": {"inception": net["path"], "inception_sha256": net["sha256"], **info}}
   return ctx.shared("fid_reference", make)
