@@ -182,7 +182,7 @@ def test_meanflow_loss_differentiates_through_convolutions(name, kwargs):
 def _small_unet():
   model = fm.models.make("unet", second_time=True, num_channels=32, num_res_blocks=1, channel_mult=(1,),
                          attention_resolutions="1", dropout=0.1)
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 3)), jnp.float32)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros(2), x, t2=jnp.zeros(2))
   # the UNet's output layer starts at zero: perturb every parameter so that all of them act
   params = jax.tree_util.tree_map(lambda a: a + 0.05 * jnp.sin(jnp.arange(a.size) + 1.0).reshape(a.shape), params)
@@ -190,9 +190,19 @@ def _small_unet():
   return apply, params, x
 
 
-def test_split_and_fused_passes_give_the_same_loss_and_gradient():
-  """On CPU u comes from a second, ordinary pass (fm's fast conv gradient); the paper's single jvp gives the same."""
-  apply, params, x = _small_unet()
+def _small_mlp():
+  model, params = _mlp()
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)), jnp.float32)
+  return (lambda q, t, z, t2: model.apply(q, t, z, t2=t2)), params, x
+
+
+@pytest.mark.parametrize("net", [_small_mlp, pytest.param(_small_unet, marks=pytest.mark.slow)])
+def test_split_and_fused_passes_give_the_same_loss_and_gradient(net):
+  """On CPU u comes from a second, ordinary pass (fm's fast conv gradient); the paper's single jvp gives the same.
+
+  The UNet (convolutions, dropout) is slow-marked (~20 s of compiles); the default suite checks the MLP here and
+  that the UNet's CPU step compiles to canonical convolutions (next test)."""
+  apply, params, x = net()
   x1 = jnp.flip(x, 0) + 0.3
   out = {}
   for fused in (False, True):
