@@ -38,10 +38,17 @@ def fm(*args: str) -> None:
   subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def swept(workdir: str, spec: str, step: int, num: int, mode: str, ref_num: int) -> bool:
-  return any(r.get("sweep") == spec and r.get("step") == step and r.get("num_samples") == num
-             and r.get("fid_preprocessing") == mode and (not ref_num or r.get("reference_num") == ref_num)
-             for r in records(workdir))
+def missing(workdir: str, solver: str, values: str, args) -> list[str]:
+  """The sweep values (steps, or dopri5 tolerances) with no FID record yet at this checkpoint, N, preprocessing
+  and reference size: a sweep stopped half way goes on from its first missing point."""
+  done = [r for r in records(workdir) if r.get("metric") == "fid" and r.get("solver") == solver
+          and r.get("step") == args.steps and r.get("num_samples") == args.num
+          and r.get("fid_preprocessing") == args.preprocessing
+          and (not args.ref_num or r.get("reference_num") == args.ref_num)]
+  key = (lambda r: r.get("rtol")) if solver == "dopri5" else (lambda r: r.get("steps"))
+  cast = float if solver == "dopri5" else int
+  have = {key(r) for r in done}
+  return [v for v in values.split(",") if cast(v) not in have]
 
 
 def reference_of(rows: list[dict]) -> str:
@@ -141,9 +148,11 @@ def main():
            f"--config.train.steps={args.steps}", f"--config.seed={args.seed}", *sigma)
     for method in args.methods.split(","):
       wd = os.path.join(args.workdir, method)
-      for spec in (f"euler:{args.euler}", f"dopri5:{args.tols}"):
-        if not swept(wd, spec, args.steps, args.num, args.preprocessing, args.ref_num):
-          fm("eval", "--workdir", wd, "--nfe-sweep", spec, "--metrics", "fid,kid", "--num", str(args.num),
+      for solver, values in (("euler", args.euler), ("dopri5", args.tols)):
+        todo = missing(wd, solver, values, args)
+        if todo:
+          fm("eval", "--workdir", wd, "--nfe-sweep", f"{solver}:{','.join(todo)}", "--metrics", "fid,kid",
+             "--num", str(args.num),
              "--seed", str(args.seed), "--fid-preprocessing", args.preprocessing,
              *(["--fid-ref-num", str(args.ref_num)] if args.ref_num else []))
   summarize(args)
