@@ -149,7 +149,7 @@ def main():
     for method in args.methods.split(","):
       wd = os.path.join(args.workdir, method)
       for solver, values in (("euler", args.euler), ("dopri5", args.tols)):
-        todo = missing(wd, solver, values, args)
+        todo = missing(wd, solver, values, args) if values else []   # --tols "": no dopri5 points
         if todo:
           fm("eval", "--workdir", wd, "--nfe-sweep", f"{solver}:{','.join(todo)}", "--metrics", "fid,kid",
              "--num", str(args.num),
