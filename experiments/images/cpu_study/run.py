@@ -113,6 +113,9 @@ def summarize(args) -> None:
         if pts:
           ax.plot(*zip(*pts), style, label=f"{method} {solver}")
     ax.set_xscale("log")
+    nfes = sorted({round(r["nfe"]) for r in rows})
+    ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.minorticks_off()
     ax.set_xlabel("NFE")
     ax.set_ylabel(metric.upper())
     ax.legend(fontsize=7)
