@@ -170,12 +170,10 @@ def _eval_guidance(args) -> list[float] | None:
 def _check_solver(args) -> None:
   """--solver, --steps and --sde-noise agree (names from fm.solvers; SDEs default to --sde-noise 1)."""
   from fm import solvers  # pylint: disable=g-import-not-at-top
-  if args.solver not in solvers.SAMPLERS:
-    raise UsageError(f"--solver: invalid choice {args.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
-  if args.solver not in solvers.ADAPTIVE and args.steps is None:
-    raise UsageError(f"solver {args.solver!r} is fixed-step: pass --steps N")
-  if args.solver in solvers.ADAPTIVE and args.steps is not None:
-    raise UsageError(f"solver {args.solver!r} is adaptive: use --rtol/--atol, not --steps")
+  try:
+    solvers.check_sampler(args.solver, args.steps)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
   _check_sde_noise(args, args.solver)
 
 

@@ -50,12 +50,7 @@ def check(kind: str, opts: Options, sweep_spec: str | None = None) -> tuple[str,
     solver, _ = nfe_sweep.parse(sweep_spec)
   else:
     solver = opts.solver
-    if opts.solver not in solvers.SAMPLERS:
-      raise ValueError(f"--solver: invalid choice {opts.solver!r}; valid solvers: {', '.join(solvers.SAMPLERS)}")
-    if opts.solver not in solvers.ADAPTIVE and opts.steps is None:
-      raise ValueError(f"solver {opts.solver!r} is fixed-step: pass --steps N")
-    if opts.solver in solvers.ADAPTIVE and opts.steps is not None:
-      raise ValueError(f"solver {opts.solver!r} is adaptive: use --rtol/--atol, not --steps")
+    solvers.check_sampler(opts.solver, opts.steps)
   ode_only = [m for m in metrics if m not in SAMPLE_METRICS]
   if solver not in solvers.SOLVERS and ode_only:
     raise ValueError(f"metric {ode_only[0]!r} needs an ODE solver ({', '.join(solvers.SOLVERS)}), not "

@@ -20,6 +20,18 @@ from fm.solvers.sde import SDE_SOLVERS, integrate_sde
 
 MEANFLOW = ("meanflow",)
 SAMPLERS = SOLVERS + SDE_SOLVERS + MEANFLOW   # every name `fm sample --solver` takes
+
+
+def check_sampler(solver: str, steps: int | None) -> None:
+  """ValueError (one sentence) unless `solver` is one of `SAMPLERS` with `steps` given exactly when it is fixed-step."""
+  if solver not in SAMPLERS:
+    raise ValueError(f"--solver: invalid choice {solver!r}; valid solvers: {', '.join(SAMPLERS)}")
+  if solver not in ADAPTIVE and steps is None:
+    raise ValueError(f"solver {solver!r} is fixed-step: pass --steps N")
+  if solver in ADAPTIVE and steps is not None:
+    raise ValueError(f"solver {solver!r} is adaptive: use --rtol/--atol, not --steps")
+
+
 from fm.solvers.tableau import DOPRI5, EULER, HEUN, MIDPOINT, RK4, TABLEAUX, ButcherTableau
 
 __all__ = [
@@ -29,6 +41,7 @@ __all__ = [
     "SDE_SOLVERS",
     "MEANFLOW",
     "SAMPLERS",
+    "check_sampler",
     "check_tolerances",
     "SOLVERS",
     "FIXED_STEP",
